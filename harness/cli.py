@@ -1,0 +1,128 @@
+"""`spec-harness` (also `python -m harness`): list, setup, run, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+import methods as registry
+from harness.data import DATASETS, DataError
+from harness.method import MethodError
+from harness.modelload import DEFAULT_MODEL, ModelLoadError, model_key
+from harness.results import ResultsError
+
+USER_ERRORS = (MethodError, DataError, ModelLoadError, ResultsError, KeyError)
+
+
+def _fail(err: Exception) -> None:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def parse_method_args(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """NAME.KEY=VALUE items -> {name: {key: value}} (values typed later by each method)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        head, sep, value = item.partition("=")
+        name, dot, key = head.partition(".")
+        if not sep or not dot or not name or not key:
+            raise MethodError(f"--method-arg {item!r}: expected NAME.KEY=VALUE, e.g. firp.tree=chain")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmark speculative decoding methods behind one decode loop."""
+
+
+@main.command("list")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model whose trained weights to look for.")
+def list_cmd(model: str) -> None:
+    """Methods (with their options and trained weights) and datasets."""
+    key = model_key(model)
+    click.echo(f"methods (weights looked up for model {key}):")
+    for name in registry.names():
+        cls = registry.get(name)
+        path = cls.default_weights(key)
+        weights = "no weights needed" if path is None else (f"weights: {path}" if path.exists()
+                                                             else f"NO WEIGHTS: run `spec-harness train {name}`")
+        click.echo(f"  {name:12s} {cls.summary} [{weights}]")
+        for opt in cls.options:
+            click.echo(f"      {name}.{opt.name}={opt.default!s:<10} {opt.help}")
+    click.echo("datasets: " + ", ".join(DATASETS) + ", jsonl:PATH (fields: prompt, optional reference, id)")
+
+
+@main.command()
+def setup() -> None:
+    """Convert the embedded model (SmolLM2-135M-Instruct GGUF) once into the local cache."""
+    from harness.modelload import embedded_dir
+
+    try:
+        click.echo(f"embedded model ready at {embedded_dir()}")
+    except ModelLoadError as err:
+        _fail(err)
+
+
+@main.command()
+@click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights); ar always runs as the baseline.")
+@click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, jsonl:PATH.")
+@click.option("--num-samples", type=int, default=10, show_default=True, help="First N samples of each dataset (file order).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float32 on CPU, float16 on CUDA.")
+@click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE", help="Method option (repeatable), e.g. firp.tree=chain.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: results/runs/<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-source", type=click.Choice(["local", "hub"]), default="local", show_default=True, help="hub: full datasets from the HF hub (needs network).")
+@click.option("--no-telemetry", is_flag=True, help="Do not sample hardware telemetry.")
+@click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up decode.")
+def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
+        overwrite, seed, data_source, no_telemetry, no_warmup) -> None:
+    """Decode every sample with the baseline and each method back to back; write a run directory."""
+    from harness.report import report
+    from harness.runner import RunConfig, Runner
+
+    try:
+        names = _csv(methods_)
+        if "all" in names:
+            names = [n for n in names if n != "all"] + registry.runnable(model_key(model))
+        cfg = RunConfig(methods=names, datasets=_csv(datasets), model=model, device=device, dtype=dtype,
+                        num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
+                        method_args=parse_method_args(method_args), out=out, resume=resume, overwrite=overwrite,
+                        telemetry=not no_telemetry, warmup=not no_warmup)
+        runner = Runner(cfg)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(f"run directory: {runner.out}", err=True)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: records so far are in {runner.out}; continue with --resume --out {runner.out}", err=True)
+        sys.exit(130)
+    except USER_ERRORS as err:
+        _fail(err)
+    click.echo(report(runner.out))
+    click.echo(f"\nwritten: {runner.out}/records.jsonl, summary.md, summary.csv")
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_cmd(run_dir: Path) -> None:
+    """Method x dataset table of a run (also written as summary.md and summary.csv)."""
+    from harness.report import report
+
+    try:
+        click.echo(report(run_dir))
+    except ResultsError as err:
+        _fail(err)

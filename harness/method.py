@@ -1,0 +1,123 @@
+"""The interface every decoding method implements, and its typed command-line options.
+
+A method says how it drafts; the shared loop in harness/decoding.py does the rest:
+
+    prefill -> observe -> [propose -> verify -> greedy accept -> keep cache -> observe]*
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from harness.engine import Engine, KVCache
+from harness.tree import Tree
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "methods" / "checkpoints"
+
+
+class MethodError(ValueError):
+    """A method cannot be built as asked (bad option, missing weights); the message says why."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One method option, settable as `--method-arg NAME.KEY=VALUE`."""
+
+    name: str
+    kind: str  # "int" | "float" | "bool" | "str" | "ints"
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def parse(self, text: str) -> Any:
+        try:
+            if self.kind == "int":
+                value = int(text)
+            elif self.kind == "float":
+                value = float(text)
+            elif self.kind == "bool":
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("1", "true", "yes")
+            elif self.kind == "ints":
+                value = tuple(int(x) for x in text.split(",") if x.strip())
+            else:
+                value = text
+        except ValueError:
+            raise MethodError(f"option {self.name}: {text!r} is not a valid {self.kind}") from None
+        if self.choices is not None and value not in self.choices:
+            raise MethodError(f"option {self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        return value
+
+
+class Method:
+    """Base class: autoregressive behaviour (no drafts) unless a subclass drafts."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    weights_file: ClassVar[str | None] = None  # trained artifact under checkpoints/<model>/
+
+    def __init__(self, engine: Engine, model_key: str, **values: Any):
+        self.engine = engine
+        self.model_key = model_key
+        self.config = self.resolve_options(values)
+
+    @classmethod
+    def resolve_options(cls, values: dict[str, Any]) -> dict[str, Any]:
+        known = {o.name: o for o in cls.options}
+        unknown = set(values) - set(known)
+        if unknown:
+            valid = ", ".join(known) or "(none)"
+            raise MethodError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
+        out = {o.name: o.default for o in cls.options}
+        for key, value in values.items():
+            out[key] = known[key].parse(value) if isinstance(value, str) else value
+        return out
+
+    @classmethod
+    def default_weights(cls, model_key: str) -> Path | None:
+        if cls.weights_file is None:
+            return None
+        return CHECKPOINT_ROOT / model_key / cls.weights_file
+
+    def weights_path(self) -> Path:
+        """The trained artifact this instance uses; a clear error when it does not exist."""
+        given = self.config.get("checkpoint")
+        path = Path(given) if given else self.default_weights(self.model_key)
+        if path is None or not path.exists():
+            raise MethodError(
+                f"{self.name}: no trained weights for model {self.model_key} at {path}; "
+                f"train them with `spec-harness train {self.name} --model <model>` "
+                f"or pass --method-arg {self.name}.checkpoint=PATH"
+            )
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        """Everything a results manifest needs to say what ran."""
+        return {"name": self.name, "options": {k: list(v) if isinstance(v, tuple) else v
+                                               for k, v in self.config.items()}}
+
+    # -- the decoding hooks ------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Target forward over the prompt. ids: [P] -> hidden [P, d] (pre final norm)."""
+        positions = torch.arange(ids.numel(), device=self.engine.device)
+        return self.engine.forward(ids, positions, None, cache)[0]
+
+    def propose(self, root: int) -> Tree:
+        """The draft tree rooted at the pending token `root`."""
+        return Tree.chain(torch.tensor([root], device=self.engine.device))
+
+    def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
+        """One target forward over the tree; returns hidden [n, d] of the tree nodes."""
+        positions = tree.depths + cache.length
+        mask = tree.mask if tree.size > 1 else None
+        return self.engine.forward(tree.tokens, positions, mask, cache)[0]
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
+        """After acceptance: hidden [n, d] of the forward's rows, path = accepted node indices
+        (root first; for the prefill, tree is None and path = [P - 1])."""

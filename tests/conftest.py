@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random Llama built in code, and the real embedded model."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from harness.engine import Engine
+
+
+def tiny_config(vocab: int = 97, layers: int = 4) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=0, attn_implementation="sdpa")
+
+
+def tiny_model(seed: int = 0, **kw) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(**kw)).eval()
+    with torch.no_grad():  # sharper logits than the default init, so greedy ties are rare
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model()
+
+
+@pytest.fixture
+def engine(tiny):
+    return Engine(tiny)
+
+
+@pytest.fixture(scope="session")
+def embedded_dir():
+    from harness.modelload import embedded_dir as conv
+
+    return conv()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_dir):
+    """A tiny random Llama saved as an HF directory, with the embedded model's tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model(vocab=49152, layers=3)
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (embedded_dir / name).exists():
+            shutil.copy(embedded_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real():
+    """The embedded SmolLM2-135M-Instruct, fp32 on CPU."""
+    from harness.modelload import load_model
+
+    return load_model("smollm2", device="cpu", dtype="float32")
