@@ -116,6 +116,15 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
     click.echo(f"\nwritten: {runner.out}/records.jsonl, summary.md, summary.csv")
 
 
+def _register_train() -> None:
+    from harness.cli_train import train
+
+    main.add_command(train)
+
+
+_register_train()
+
+
 @main.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_cmd(run_dir: Path) -> None:

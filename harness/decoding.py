@@ -87,4 +87,5 @@ def decode(method: Method, prompt_ids: list[int], max_new_tokens: int, eos_ids: 
         done = commit.add(accepted + [pending])
         if not done:
             method.observe(hidden, tree, path)
+    cache.truncate(len(prompt_ids) + len(out.output_ids) - 1)  # drop accepted-but-cut tokens
     return out

@@ -56,6 +56,20 @@ class KVCache:
         self.length = length
 
 
+class PrefixKV:
+    """Fixed K/V of rows computed earlier (a teacher pass: kv [layers, 2, B, H_kv, T, D]) followed
+    by the rows of the current forward, joined without in-place writes so autograd can flow
+    through the new rows (drafter training)."""
+
+    def __init__(self, kv: torch.Tensor):
+        self.kv = kv
+        self.length = self.start = kv.shape[4]
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
+        return (torch.cat([self.kv[layer_idx, 0], key], dim=2),
+                torch.cat([self.kv[layer_idx, 1], value], dim=2))
+
+
 @dataclass
 class Context:
     """What every layer of one forward needs, for the full set of rows it will ever hold
@@ -64,7 +78,7 @@ class Context:
     cos: torch.Tensor  # [B, N, head_dim]
     sin: torch.Tensor  # [B, N, head_dim]
     mask: torch.Tensor | None  # [1 or B, 1, N, start + N] bool (True = may attend); None = causal/full
-    cache: KVCache | None
+    cache: "KVCache | PrefixKV | None"
     start: int
     _views: dict = field(default_factory=dict)
 
@@ -112,9 +126,11 @@ class Engine:
                        self.dtype, self.device)
 
     def context(self, positions: torch.Tensor, tree_mask: torch.Tensor | None,
-                cache: KVCache | None, start: int | None = None) -> Context:
+                cache: KVCache | PrefixKV | None, start: int | None = None,
+                full_mask: torch.Tensor | None = None) -> Context:
         """positions: [N] or [B, N] absolute position ids; tree_mask: [N, N] bool among the new
-        rows (row i may see row j), None for plain causal. The committed prefix is always visible."""
+        rows (row i may see row j), None for plain causal; the committed prefix is then always
+        visible. full_mask: [B, 1, N, start + N] replaces both when given (training)."""
         if positions.dim() == 1:
             positions = positions[None]
         start = (cache.length if cache is not None else 0) if start is None else start
@@ -123,7 +139,9 @@ class Engine:
         n = positions.shape[1]
         probe = torch.empty(0, dtype=self.dtype, device=self.device)
         cos, sin = self.rotary(probe, positions.to(self.device))
-        if tree_mask is None and (n == 1 or start == 0):
+        if full_mask is not None:
+            mask = full_mask
+        elif tree_mask is None and (n == 1 or start == 0):
             mask = None  # sdpa: full attention for one row, causal from slot 0 otherwise
         else:
             if tree_mask is None:
@@ -157,12 +175,15 @@ class Engine:
                    inserts: Mapping[int, Insert] | None = None,
                    skip_attn: frozenset = frozenset(), skip_mlp: frozenset = frozenset()) -> torch.Tensor:
         """Layers [lo, hi). Before layer i, inserts[i](h) rows are appended to h (they then take
-        part in every later layer); skip_* name sublayers to leave out (draft models)."""
+        part in every later layer; i = num_layers appends after the last layer); skip_* name
+        sublayers to leave out (draft models)."""
         hi = self.num_layers if hi is None else hi
         for i in range(lo, hi):
             if inserts and i in inserts:
                 h = torch.cat([h, inserts[i](h)], dim=1)
             h = self.layer(i, h, ctx, attn=i not in skip_attn, mlp=i not in skip_mlp)
+        if inserts and hi == self.num_layers and hi in inserts:  # after the last layer
+            h = torch.cat([h, inserts[hi](h)], dim=1)
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -117,3 +117,28 @@ def greedy_accept(tree: Tree, predicted: torch.Tensor) -> torch.Tensor:
     valid = ~(tree.mask & ~ok[None, :]).any(dim=1)  # node and all its ancestors match
     best = torch.argmax(tree.depths * valid)  # deepest valid node (root has depth 0)
     return tree.mask[best].nonzero().squeeze(1)
+
+
+# Named sparse trees (paths over per-step top-k candidates), shared by FIRP and Medusa.
+NAMED_TREES: dict[str, list[Path]] = {
+    # 5 draft nodes: the top chain of 3 plus the runner-up at steps 1 and 2
+    "tiny": [(0,), (1,), (0, 0), (0, 1), (0, 0, 0)],
+    # 9 draft nodes, depth 3: the default for small models on CPUs (see results/ sweeps)
+    "small": [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0)],
+}
+
+
+def resolve_tree(spec: str, steps: int) -> list[Path]:
+    """A tree from a name ('chain', 'chain-N', a NAMED_TREES key) or explicit paths written as
+    '0;1;0.0;0.0.0' (steps separated by '.', paths by ';')."""
+    if spec == "chain":
+        return chain_paths(steps)
+    if spec.startswith("chain-"):
+        return chain_paths(int(spec[6:]))
+    if spec in NAMED_TREES:
+        return NAMED_TREES[spec]
+    try:
+        return [tuple(int(x) for x in p.split(".")) for p in spec.split(";") if p]
+    except ValueError:
+        names = ", ".join(["chain", "chain-N", *NAMED_TREES])
+        raise ValueError(f"unknown tree {spec!r}: use one of {names} or paths like '0;1;0.0'") from None

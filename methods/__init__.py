@@ -6,6 +6,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "ar": "methods.autoregressive:Autoregressive",
+    "firp": "methods.firp:FIRP",
     "hf-generate": "methods.peers:HFGenerate",
 }
 

@@ -1,0 +1,76 @@
+"""Self-distillation corpus for drafter training: prompts from the training splits only
+(GSM8K train, XSum validation), answered greedily by the target model itself.
+
+The corpus is generated once per (model, settings) and cached as JSONL, since generating it is
+the slow part of training on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from harness.data import chat_prompt, training_prompts
+from harness.modelload import LoadedModel, cache_root
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    per_source: int = 800  # prompts taken from each training split (first N, file order)
+    answer_tokens: int = 160  # greedy answer budget
+    max_prompt_tokens: int = 640  # longer prompts keep their last tokens
+    batch: int = 16
+
+
+@dataclass
+class Sequence:
+    source: str
+    ids: list[int]  # prompt + answer
+    answer_start: int  # index of the first answer token
+
+
+def corpus_path(lm: LoadedModel, cfg: CorpusConfig) -> Path:
+    tag = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return cache_root() / "distill" / lm.key / f"corpus-{tag}.jsonl"
+
+
+def load_corpus(lm: LoadedModel, cfg: CorpusConfig, progress: bool = True) -> list[Sequence]:
+    """The cached corpus, generated first if missing."""
+    path = corpus_path(lm, cfg)
+    if not path.exists():
+        generate_corpus(lm, cfg, path, progress)
+    return [Sequence(**json.loads(line)) for line in path.read_text().splitlines()]
+
+
+@torch.inference_mode()
+def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bool = True) -> None:
+    tok, model = lm.tokenizer, lm.model
+    prompts = [(src, chat_prompt(tok, [text], [])[-cfg.max_prompt_tokens:])
+               for src, text in training_prompts(cfg.per_source)]
+    prompts.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
+    eos = tok.eos_token_id
+    rows = []
+    for i in tqdm(range(0, len(prompts), cfg.batch), desc="self-distillation answers", disable=not progress):
+        chunk = prompts[i:i + cfg.batch]
+        width = max(len(p) for _, p in chunk)
+        ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for j, (_, p) in enumerate(chunk):  # left padding
+            ids[j, width - len(p):] = torch.tensor(p)
+            attn[j, width - len(p):] = 1
+        out = model.generate(ids.to(lm.device), attention_mask=attn.to(lm.device), do_sample=False,
+                             max_new_tokens=cfg.answer_tokens, eos_token_id=eos, pad_token_id=eos)
+        for j, (src, p) in enumerate(chunk):
+            answer = out[j, width:].tolist()
+            if eos in answer:
+                answer = answer[: answer.index(eos) + 1]
+            rows.append(Sequence(src, p + answer, len(p)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+    tmp.replace(path)

@@ -1,0 +1,185 @@
+"""Drafter training shared by FIRP and Medusa: batches from the self-distillation corpus, the
+frozen model's teacher pass, the optimisation loop, held-out accuracy, and the checkpoint format
+(safetensors weights + JSON sidecar).
+
+A drafter is an nn.Module with `loss(engine, batch) -> (loss, correct [K], counted [K])`, where
+correct/counted give top-1 agreement with the teacher per draft step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from harness.distill import Sequence
+from harness.engine import Engine
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch: int = 8  # sequences per step
+    positions: int = 48  # draft positions trained per sequence
+    max_len: int = 448  # sequences keep their last max_len tokens
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.0
+    eval_sequences: int = 48  # held out from the (training-split) corpus
+    seed: int = 0
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, T] token ids, right-padded
+    lengths: torch.Tensor  # [B] real length
+    hang: torch.Tensor  # [B, m] positions t whose future is drafted
+    hang_ok: torch.Tensor  # [B, m] bool: a real (not padding) entry
+
+
+def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence], list[Sequence]]:
+    order = list(range(len(seqs)))
+    random.Random(cfg.seed).shuffle(order)
+    held = [seqs[i] for i in order[: cfg.eval_sequences]]
+    return [seqs[i] for i in order[cfg.eval_sequences:]], held
+
+
+def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random, depth: int) -> Batch:
+    """Right-padded token ids and, per sequence, up to cfg.positions hang positions t in the
+    answer region (from the last prompt token on) with t + depth inside the sequence."""
+    rows = []
+    for s in seqs:
+        cut = max(0, len(s.ids) - cfg.max_len)
+        ids = s.ids[cut:]
+        first = max(0, s.answer_start - 1 - cut)
+        candidates = list(range(first, len(ids) - 1))
+        rows.append((ids, sorted(rng.sample(candidates, min(cfg.positions, len(candidates))))))
+    T = max(len(r[0]) for r in rows)
+    m = max(1, max(len(r[1]) for r in rows))
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    hang = torch.zeros(len(rows), m, dtype=torch.long)
+    ok = torch.zeros(len(rows), m, dtype=torch.bool)
+    for b, (row, pos) in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row)
+        hang[b, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+        ok[b, : len(pos)] = True
+    lengths = torch.tensor([len(r[0]) for r in rows])
+    return Batch(ids, lengths, hang, ok)
+
+
+@dataclass
+class TeacherPass:
+    """The frozen model over real tokens: K/V of every layer, chosen hidden states, final states."""
+
+    kv: torch.Tensor  # [layers, 2, B, H_kv, T, D]
+    hidden_at: dict[int, torch.Tensor]  # layer l -> [B, T, d] input of layer l
+    final: torch.Tensor  # [B, T, d] last-layer output (pre final norm)
+
+
+@torch.no_grad()
+def teacher_pass(engine: Engine, ids: torch.Tensor, capture: tuple[int, ...] = ()) -> TeacherPass:
+    B, T = ids.shape
+    cache = engine.new_cache(T, batch=B)
+    ctx = engine.context(torch.arange(T).expand(B, T), None, cache, start=0)
+    h, lo, hidden_at = engine.embed(ids), 0, {}
+    for layer in sorted(set(capture)):
+        h = engine.run_layers(h, ctx, lo, layer)
+        hidden_at[layer], lo = h, layer
+    h = engine.run_layers(h, ctx, lo)
+    return TeacherPass(cache.buf, hidden_at, h)
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, ...], index: [B, m] -> [B, m, ...]"""
+    return x[torch.arange(x.shape[0])[:, None], index]
+
+
+def kl_and_hits(teacher_logits: torch.Tensor, draft_logits: torch.Tensor, ok: torch.Tensor):
+    """KL(p_teacher || q_draft) summed over the vocabulary, averaged over ok entries; and top-1
+    agreement counts. *_logits: [..., V], ok: [...] bool."""
+    logp = torch.log_softmax(teacher_logits.float(), -1)
+    logq = torch.log_softmax(draft_logits.float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    okf = ok.float()
+    loss = (kl * okf).sum() / okf.sum().clamp(min=1)
+    hits = ((logp.argmax(-1) == logq.argmax(-1)) & ok).sum()
+    return loss, hits, ok.sum()
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(drafter, engine: Engine, held: list[Sequence], cfg: TrainConfig, depth: int) -> list[float]:
+    """Top-1 agreement with the target, per draft step, on held-out training-split sequences."""
+    rng = random.Random(cfg.seed + 1)
+    hits = torch.zeros(depth)
+    total = torch.zeros(depth)
+    for i in range(0, len(held), cfg.batch):
+        _, h, n = drafter.loss(engine, make_batch(held[i:i + cfg.batch], cfg, rng, depth))
+        hits += h
+        total += n
+    return (hits / total.clamp(min=1)).tolist()
+
+
+def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, depth: int,
+          progress: bool = True) -> dict:
+    """Optimise the drafter's parameters (the target stays frozen); returns the training record."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    train_set, held = split_corpus(seqs, cfg)
+    params = [p for p in drafter.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses, t0 = [], time.perf_counter()
+    before = evaluate(drafter, engine, held, cfg, depth)
+    bar = tqdm(range(cfg.steps), desc=f"train {drafter.kind}", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        batch = make_batch(rng.sample(train_set, cfg.batch), cfg, rng, depth)
+        loss, hits, counted = drafter.loss(engine, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits.sum() / counted.sum().clamp(min=1)):.2f}")
+    return {"config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
+            "loss_curve": losses[:: max(1, len(losses) // 100)], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+            "heldout_top1_before": before, "heldout_top1": evaluate(drafter, engine, held, cfg, depth),
+            "train_sequences": len(train_set), "heldout_sequences": len(held)}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, sidecar: dict) -> None:
+    """Weights as safetensors, everything else (config, data, training record) as JSON beside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu().float() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+    sidecar = {**sidecar, "weights": path.name, "commit": git_commit()}
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.exists():
+        raise FileNotFoundError(f"{sidecar} (the sidecar of {path}) is missing")
+    return load_file(str(path)), json.loads(sidecar.read_text())

@@ -1,0 +1,229 @@
+"""FIRP (arXiv 2410.20488): draft tokens from *pseudo hidden states* of future tokens, predicted
+by linear maps at intermediate layers and refined by the remaining layers of the target model.
+
+What the paper states: K linear maps at fixed intermediate layers predict hidden states of
+future tokens; the pseudo states take part in every later layer (attending to the context);
+the model's own final norm + LM head decode drafts from them; tree attention verifies them;
+training is KL to the frozen model's own distribution; serial steps beat parallel ones.
+
+Decisions of ours (see ../shared/design/firp.md), each an option:
+- W_i is d x d + bias, initialised to identity (an untrained FIRP is a valid, weak drafter).
+- Source of step i at layer l_i: the previous position's state (`previous`: the node for i = 1,
+  pseudo i-1 otherwise) or the node's real state for every step (`last-real`).
+- Pseudo i sees the context, its node's ancestors and node, and pseudo 1..i-1 of its own chain
+  (`serial`); `parallel` (the ablation) drops the earlier pseudos.
+- One target forward per step: every node of the current tree carries its own chain, so the
+  forward that verifies the tree also drafts the next one; pseudo rows never enter the cache.
+These are training-time choices, stored in the checkpoint's sidecar; a run picks a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from harness.engine import Engine, KVCache, PrefixKV
+from harness.method import CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
+from harness.tree import Tree, TreeShape, resolve_tree
+
+# Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/).
+DEFAULT_LAYERS: dict[str, tuple[int, ...]] = {}
+
+RealAt = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, h) -> [B, m, d] real states of hung nodes
+
+
+class PseudoChains(nn.Module):
+    """The trainable part of FIRP: one linear map per draft step, and how chains are wired."""
+
+    kind = "firp"
+
+    def __init__(self, hidden: int, layers: tuple[int, ...], serial: bool = True, source: str = "previous"):
+        super().__init__()
+        if list(layers) != sorted(layers) or not layers:
+            raise ValueError(f"FIRP layers must be non-decreasing and non-empty, got {layers}")
+        if source not in ("previous", "last-real"):
+            raise ValueError(f"source must be 'previous' or 'last-real', got {source!r}")
+        self.layers, self.serial, self.source = tuple(layers), serial, source
+        self.proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in layers)
+        for lin in self.proj:
+            nn.init.eye_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    @property
+    def steps(self) -> int:
+        return len(self.layers)
+
+    def config(self) -> dict:
+        return {"layers": list(self.layers), "steps": self.steps, "mask": "serial" if self.serial else "parallel",
+                "source": self.source}
+
+    def inserts(self, real_at: RealAt, m: int, steps: int | None = None) -> dict:
+        """Engine inserts adding pseudo block i (m rows, one per hung node) before layer l_i."""
+        steps = self.steps if steps is None else steps
+        by_layer: dict[int, list[int]] = {}
+        for i in range(steps):
+            by_layer.setdefault(self.layers[i], []).append(i)
+
+        def make(layer: int, idx: list[int]):
+            def insert(h: torch.Tensor) -> torch.Tensor:
+                blocks = []
+                for i in idx:
+                    if i == 0 or self.source == "last-real":
+                        src = real_at(layer, h)
+                    else:  # the previous step's block: the last m rows so far
+                        src = blocks[-1] if blocks else h[:, -m:]
+                    blocks.append(self.proj[i](src))
+                return torch.cat(blocks, dim=1)
+            return insert
+
+        return {layer: make(layer, idx) for layer, idx in by_layer.items()}
+
+    def chain_mask(self, real_vis: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Rows of the pseudo blocks. real_vis: [..., m, R] what each hung node sees among R
+        real columns (itself included) -> [..., steps*m, R + steps*m]."""
+        steps = self.steps if steps is None else steps
+        *lead, m, _ = real_vis.shape
+        eye = torch.eye(m, dtype=torch.bool, device=real_vis.device).expand(*lead, m, m)
+        none = torch.zeros_like(eye)
+        rows = []
+        for i in range(steps):
+            seen = [eye if (j <= i if self.serial else j == i) else none for j in range(steps)]
+            rows.append(torch.cat([real_vis, *seen], dim=-1))
+        return torch.cat(rows, dim=-2)
+
+    def loss(self, engine: Engine, batch: Batch):
+        """KL to the frozen model at the same future position, summed over steps; every hung
+        position of every sequence in one pass (teacher rows cached, pseudo rows trained)."""
+        K, (B, T), m = self.steps, batch.ids.shape, batch.hang.shape[1]
+        capture = self.layers if self.source == "last-real" else self.layers[:1]
+        tp = teacher_pass(engine, batch.ids, capture)
+        offsets = torch.arange(1, K + 1)[None, :, None]  # pseudo i stands at t + i
+        target = batch.hang[:, None, :] + offsets  # [B, K, m]
+        ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
+        with torch.no_grad():
+            teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, K * m)))
+        real_vis = torch.arange(T)[None, None, :] <= batch.hang[:, :, None]  # [B, m, T]
+        mask = self.chain_mask(real_vis)[:, None]  # [B, 1, K*m, T + K*m]
+        positions = (batch.hang[:, None, :] + offsets).view(B, K * m)
+        ctx = engine.context(positions, None, PrefixKV(tp.kv), start=T, full_mask=mask)
+        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype)
+        real_at = lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang)  # noqa: E731
+        h = engine.run_layers(h, ctx, self.layers[0], inserts=self.inserts(real_at, m))
+        draft = engine.logits(h).view(B, K, m, -1)
+        teacher = teacher.view(B, K, m, -1)
+        parts = [kl_and_hits(teacher[:, i], draft[:, i], ok[:, i]) for i in range(K)]
+        loss = sum(p[0] for p in parts)
+        return loss, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
+
+
+def checkpoint_file(model_key: str, name: str) -> Path:
+    """A checkpoint given by name (under methods/checkpoints/<model>/) or by path."""
+    path = Path(name)
+    if path.suffix == ".safetensors" or path.exists():
+        return path
+    return CHECKPOINT_ROOT / model_key / f"{name}.safetensors"
+
+
+def load_chains(engine: Engine, path: Path) -> tuple[PseudoChains, dict]:
+    state, sidecar = load_checkpoint(path)
+    cfg = sidecar["config"]
+    chains = PseudoChains(engine.hidden_size, tuple(cfg["layers"]), cfg["mask"] == "serial", cfg["source"])
+    chains.load_state_dict(state)
+    return chains.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
+
+
+class FIRP(Method):
+    name = "firp"
+    summary = "FIRP: pseudo hidden states of future tokens at intermediate layers, tree-verified"
+    weights_file = "firp.safetensors"
+    options = (
+        Option("checkpoint", "str", "firp", "checkpoint name under methods/checkpoints/<model>/ or a path"),
+        Option("tree", "str", "small", "draft tree: chain, chain-N, tiny, small, or paths '0;1;0.0'"),
+    )
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.config["checkpoint"] = str(checkpoint_file(model_key, self.config["checkpoint"]))
+        self.chains, self.sidecar = load_chains(engine, self.weights_path())
+        try:
+            self.shape = TreeShape(resolve_tree(self.config["tree"], self.chains.steps), engine.device)
+        except ValueError as err:
+            raise MethodError(f"firp.tree: {err}") from None
+        if self.shape.depth > self.chains.steps:
+            raise MethodError(f"firp.tree is {self.shape.depth} deep but the checkpoint drafts {self.chains.steps} steps")
+        self.steps = self.shape.depth  # chains only as long as the tree needs
+        self._memo: dict = {}
+        self._pseudo = self._offset = self._candidates = None
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(chains=self.chains.config(), tree_nodes=self.shape.size - 1,
+                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
+        return out
+
+    def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""
+        key = id(tree.mask)
+        if key not in self._memo:
+            n, K = tree.size, self.steps
+            top = torch.cat([tree.mask, torch.zeros(n, K * n, dtype=torch.bool, device=tree.mask.device)], 1)
+            mask = torch.cat([top, self.chains.chain_mask(tree.mask, K)], 0)
+            offsets = torch.cat([tree.depths + i for i in range(K + 1)])
+            self._memo = {key: (mask, offsets, tree.mask)}  # keep tree.mask alive so its id stays unique
+        return self._memo[key][:2]
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        P, K, dev = ids.numel(), self.steps, self.engine.device
+        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril_()
+        top = torch.cat([causal, torch.zeros(P, K, dtype=torch.bool, device=dev)], 1)
+        mask = torch.cat([top, self.chains.chain_mask(causal[-1:], K)], 0)
+        positions = torch.cat([torch.arange(P, device=dev), P - 1 + torch.arange(1, K + 1, device=dev)])
+        inserts = self.chains.inserts(lambda layer, h: h[:, P - 1:P], 1, K)
+        h = self.engine.forward(ids, positions, mask, cache, inserts=inserts)[0]
+        self._pseudo, self._offset = h[P:].view(K, 1, -1), P - 1
+        return h[:P]
+
+    def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
+        n = tree.size
+        mask, offsets = self._layout(tree)
+        inserts = self.chains.inserts(lambda layer, h: h[:, :n], n, self.steps)
+        h = self.engine.forward(tree.tokens, offsets + cache.length, mask, cache, inserts=inserts)[0]
+        self._pseudo, self._offset = h[n:].view(self.steps, n, -1), 0
+        return h[:n]
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
+        node = int(path[-1]) - self._offset
+        drafts = self.engine.logits(self._pseudo[:, node])  # [K, V]
+        self._candidates = drafts.topk(max(1, self.shape.topk), dim=-1).indices
+
+    def propose(self, root: int) -> Tree:
+        return self.shape.build(root, self._candidates)
+
+
+def train_firp(lm, layers: tuple[int, ...], serial: bool, source: str, corpus, cfg, name: str = "firp",
+               progress: bool = True) -> Path:
+    """Self-distil FIRP's projections on the training-split corpus; write weights + sidecar."""
+    from harness.distill import load_corpus
+    from harness.training import save_checkpoint, train
+
+    engine = Engine(lm.model)
+    seqs = load_corpus(lm, corpus, progress)
+    torch.manual_seed(cfg.seed)
+    chains = PseudoChains(engine.hidden_size, layers, serial, source).to(engine.device, engine.dtype)
+    record = train(chains, engine, seqs, cfg, depth=chains.steps, progress=progress)
+    path = CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
+    save_checkpoint(path, chains, {"method": "firp", "model": lm.key, "config": chains.config(),
+                                   "data": corpus_summary(corpus, seqs), **record})
+    return path
+
+
+def corpus_summary(corpus, seqs) -> dict:
+    from dataclasses import asdict
+
+    return {"sources": ["datasets/gsm8k/train.jsonl", "datasets/xsum/validation-1000.jsonl"],
+            "splits": "training only (GSM8K train, XSum validation)", "answers": "target model, greedy",
+            "sequences": len(seqs), "tokens": sum(len(s.ids) for s in seqs), **asdict(corpus)}

@@ -1,0 +1,112 @@
+"""FIRP: pseudo-token mask, identity-projection semantics, cache contents, training, losslessness."""
+
+import random
+
+import pytest
+import torch
+
+from harness.decoding import decode
+from harness.distill import Sequence
+from harness.training import TrainConfig, make_batch, save_checkpoint
+from harness.tree import Tree
+from methods.autoregressive import Autoregressive
+from methods.firp import FIRP, PseudoChains
+
+
+def make_firp(engine, tmp_path, layers=(1, 2, 2), serial=True, tree="small", chains=None):
+    chains = chains or PseudoChains(engine.hidden_size, layers, serial)
+    path = tmp_path / "firp.safetensors"
+    save_checkpoint(path, chains, {"config": chains.config()})
+    return FIRP(engine, "tiny", checkpoint=str(path), tree=tree)
+
+
+def test_pseudo_mask_sees_ancestors_node_and_earlier_chain(engine, tmp_path):
+    firp = make_firp(engine, tmp_path, tree="0;1;0.0;0.0.0")
+    tree = firp.shape.build(5, torch.tensor([[10, 11], [12, 13], [14, 15]]))
+    mask, offsets = firp._layout(tree)
+    n, K = tree.size, firp.steps
+    assert mask.shape == (n * (K + 1), n * (K + 1))
+    for i in range(1, K + 1):
+        for node in range(n):
+            row = mask[i * n + node]
+            real_seen = set(row[:n].nonzero().squeeze(1).tolist())
+            assert real_seen == set(tree.mask[node].nonzero().squeeze(1).tolist())  # ancestors + node
+            pseudo_seen = {(int(c) // n, int(c) % n) for c in row[n:].nonzero().squeeze(1) + n}
+            assert pseudo_seen == {(j, node) for j in range(1, i + 1)}  # own chain, steps 1..i
+            assert offsets[i * n + node] == tree.depths[node] + i
+    assert not mask[:n, n:].any()  # real rows never see pseudo rows
+
+
+def test_parallel_mask_drops_earlier_steps(engine, tmp_path):
+    firp = make_firp(engine, tmp_path, serial=False, tree="chain")
+    tree = firp.propose_tree = firp.shape.build(5, torch.tensor([[1], [2], [3]]))
+    mask, _ = firp._layout(tree)
+    n = tree.size
+    for i in range(1, 4):
+        seen = mask[i * n:(i + 1) * n, n:].nonzero()[:, 1] // n + 1
+        assert set(seen.tolist()) == {i}
+
+
+@torch.no_grad()
+def test_identity_after_last_layer_drafts_the_nodes_own_prediction(engine, tmp_path):
+    L = engine.num_layers
+    firp = make_firp(engine, tmp_path, layers=(L, L, L), tree="chain")
+    cache = engine.new_cache(128)
+    prompt = [5, 9, 17, 33, 2, 8]
+    hidden = firp.prefill(torch.tensor(prompt), cache)
+    cache.truncate(len(prompt))
+    firp.observe(hidden, None, torch.tensor([len(prompt) - 1]))
+    own = engine.logits(hidden[-1]).argmax()
+    assert firp._candidates[:, 0].tolist() == [int(own)] * 3
+
+
+def test_cache_holds_exactly_the_accepted_positions(engine, tmp_path):
+    firp = make_firp(engine, tmp_path, layers=(2, 3, 3))
+    cache = engine.new_cache(256)
+    prompt = [4, 8, 15, 16, 23, 42]
+    out = decode(firp, prompt, 30, set(), cache)
+    seq = prompt + out.output_ids[:-1]  # the last token is pending: not yet in the cache
+    assert cache.length == len(seq)
+    ref = engine.new_cache(256)
+    engine.forward(torch.tensor(seq), torch.arange(len(seq)), None, ref)
+    torch.testing.assert_close(cache.buf[..., : len(seq), :], ref.buf[..., : len(seq), :], atol=1e-4, rtol=1e-4)
+
+
+def test_lossless_on_tiny_model_with_identity_and_at_last_layer(engine, tmp_path):
+    ar = Autoregressive(engine, "tiny")
+    cache = engine.new_cache(256)
+    L = engine.num_layers
+    for layers in [(1, 1, 2), (L, L, L)]:
+        firp = make_firp(engine, tmp_path, layers=layers)
+        for seed in range(3):
+            prompt = random.Random(seed).sample(range(3, 97), 7)
+            ref = decode(ar, prompt, 40, {96}, cache).output_ids
+            got = decode(firp, prompt, 40, {96}, cache)
+            assert got.output_ids == ref
+            assert sum(got.accept_lengths) == len(ref)
+
+
+def test_training_reduces_kl(engine):
+    from harness.training import train
+
+    torch.manual_seed(0)
+    chains = PseudoChains(engine.hidden_size, (1, 2, 2))
+    seqs = [Sequence("tiny", random.Random(i).choices(range(3, 97), k=48), 4) for i in range(24)]
+    cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=1e-2, warmup=5, eval_sequences=4)
+    fixed = make_batch(seqs[4:8], cfg, random.Random(0), 3)
+    with torch.no_grad():
+        before = float(chains.loss(engine, fixed)[0])
+    record = train(chains, engine, seqs, cfg, depth=3, progress=False)
+    with torch.no_grad():
+        after = float(chains.loss(engine, fixed)[0])
+    assert after < 0.85 * before, (before, after)
+    assert len(record["heldout_top1"]) == 3 and record["final_loss"] > 0
+
+
+def test_bad_tree_and_missing_weights_are_clear(engine, tmp_path):
+    from harness.method import MethodError
+
+    with pytest.raises(MethodError, match="no trained weights"):
+        FIRP(engine, "tiny", checkpoint=str(tmp_path / "none.safetensors"))
+    with pytest.raises(MethodError, match="deep"):
+        make_firp(engine, tmp_path, tree="chain-5")
