@@ -8,7 +8,7 @@ import click
 
 from harness.distill import CorpusConfig
 from harness.modelload import DEFAULT_MODEL, load_model
-from harness.training import TrainConfig
+from harness.training import TrainConfig, train_and_save
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -53,7 +53,7 @@ def train() -> None:
 @corpus_options
 def train_firp_cmd(layers, k, mask, source, **kw) -> None:
     """FIRP: K linear maps at intermediate layers (weights + JSON sidecar)."""
-    from methods.firp import DEFAULT_LAYERS, train_firp
+    from methods.firp import DEFAULT_LAYERS, PseudoChains
 
     lm = load_model(kw["model"], kw["device"])
     chosen = _ints(layers) if layers else DEFAULT_LAYERS.get(lm.key, _fallback_layers(lm.model.config.num_hidden_layers))
@@ -63,7 +63,8 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
             raise click.BadParameter(f"--steps {k} but {len(chosen)} layers given", param_hint="--steps")
     corpus, cfg = configs(kw)
     t0 = time.time()
-    path = train_firp(lm, chosen, mask == "serial", source, corpus, cfg, kw["name"] or "firp")
+    path = train_and_save(lm, lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source),
+                          corpus, cfg, kw["name"] or "firp")
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
 
 
@@ -71,3 +72,19 @@ def _fallback_layers(num_layers: int) -> tuple[int, ...]:
     """For models without a sweep: about half depth, as the design note suggests searching around."""
     mid = num_layers // 2
     return (mid, mid, mid)
+
+
+@train.command("medusa")
+@click.option("--heads", type=int, default=3, show_default=True, help="Draft heads K (tokens t+2 .. t+K+1).")
+@click.option("--separate-lm-head", is_flag=True, help="Train one LM head per head (Medusa-1) instead of sharing the frozen one.")
+@corpus_options
+def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
+    """Medusa: residual heads on the last hidden state (weights + JSON sidecar)."""
+    from methods.medusa import MedusaHeads
+
+    lm = load_model(kw["model"], kw["device"])
+    corpus, cfg = configs(kw)
+    t0 = time.time()
+    path = train_and_save(lm, lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head),
+                          corpus, cfg, kw["name"] or "medusa")
+    click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")

@@ -74,3 +74,10 @@ def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bo
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
     tmp.replace(path)
+
+
+def corpus_summary(cfg: CorpusConfig, seqs: list[Sequence]) -> dict:
+    """What a checkpoint's sidecar says about its training data."""
+    return {"sources": ["datasets/gsm8k/train.jsonl", "datasets/xsum/validation-1000.jsonl"],
+            "splits": "training only (GSM8K train, XSum validation)", "answers": "target model, greedy",
+            "sequences": len(seqs), "tokens": sum(len(s.ids) for s in seqs), **asdict(cfg)}

@@ -19,6 +19,14 @@ from harness.tree import Tree
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "methods" / "checkpoints"
 
 
+def checkpoint_file(model_key: str, name: str) -> Path:
+    """A checkpoint given by name (methods/checkpoints/<model>/<name>.safetensors) or by path."""
+    path = Path(name)
+    if path.suffix == ".safetensors" or path.exists():
+        return path
+    return CHECKPOINT_ROOT / model_key / f"{name}.safetensors"
+
+
 class MethodError(ValueError):
     """A method cannot be built as asked (bad option, missing weights); the message says why."""
 
@@ -86,9 +94,10 @@ class Method:
         return CHECKPOINT_ROOT / model_key / cls.weights_file
 
     def weights_path(self) -> Path:
-        """The trained artifact this instance uses; a clear error when it does not exist."""
+        """The trained artifact this instance uses (option `checkpoint`: a name under
+        checkpoints/<model>/ or a path); a clear error when it does not exist."""
         given = self.config.get("checkpoint")
-        path = Path(given) if given else self.default_weights(self.model_key)
+        path = checkpoint_file(self.model_key, given) if given else self.default_weights(self.model_key)
         if path is None or not path.exists():
             raise MethodError(
                 f"{self.name}: no trained weights for model {self.model_key} at {path}; "

@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from harness.distill import Sequence
+from harness.distill import CorpusConfig, Sequence, corpus_summary, load_corpus
 from harness.engine import Engine
+from harness.method import CHECKPOINT_ROOT
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, depth
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits.sum() / counted.sum().clamp(min=1)):.2f}")
     return {"config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
             "loss_curve": losses[:: max(1, len(losses) // 100)], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -183,3 +184,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not sidecar.exists():
         raise FileNotFoundError(f"{sidecar} (the sidecar of {path}) is missing")
     return load_file(str(path)), json.loads(sidecar.read_text())
+
+
+def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str, progress: bool = True) -> Path:
+    """Train the drafter `build(engine)` on the self-distillation corpus of `lm` and write
+    methods/checkpoints/<model>/<name>.safetensors + its sidecar."""
+    engine = Engine(lm.model)
+    seqs = load_corpus(lm, corpus, progress)
+    torch.manual_seed(cfg.seed)
+    module = build(engine).to(engine.device, engine.dtype)
+    record = train(module, engine, seqs, cfg, depth=module.steps, progress=progress)
+    path = CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
+    save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),
+                                   "data": corpus_summary(corpus, seqs), **record})
+    return path

@@ -7,6 +7,7 @@ import importlib
 REGISTRY: dict[str, str] = {
     "ar": "methods.autoregressive:Autoregressive",
     "firp": "methods.firp:FIRP",
+    "medusa": "methods.medusa:Medusa",
     "hf-generate": "methods.peers:HFGenerate",
 }
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from harness.engine import Engine, KVCache, PrefixKV
-from harness.method import CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.method import Method, MethodError, Option
 from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
 from harness.tree import Tree, TreeShape, resolve_tree
 
@@ -120,14 +120,6 @@ class PseudoChains(nn.Module):
         return loss, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
 
 
-def checkpoint_file(model_key: str, name: str) -> Path:
-    """A checkpoint given by name (under methods/checkpoints/<model>/) or by path."""
-    path = Path(name)
-    if path.suffix == ".safetensors" or path.exists():
-        return path
-    return CHECKPOINT_ROOT / model_key / f"{name}.safetensors"
-
-
 def load_chains(engine: Engine, path: Path) -> tuple[PseudoChains, dict]:
     state, sidecar = load_checkpoint(path)
     cfg = sidecar["config"]
@@ -147,8 +139,8 @@ class FIRP(Method):
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
-        self.config["checkpoint"] = str(checkpoint_file(model_key, self.config["checkpoint"]))
-        self.chains, self.sidecar = load_chains(engine, self.weights_path())
+        self.weights = self.weights_path()
+        self.chains, self.sidecar = load_chains(engine, self.weights)
         try:
             self.shape = TreeShape(resolve_tree(self.config["tree"], self.chains.steps), engine.device)
         except ValueError as err:
@@ -161,7 +153,7 @@ class FIRP(Method):
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update(chains=self.chains.config(), tree_nodes=self.shape.size - 1,
+        out.update(weights=str(self.weights), chains=self.chains.config(), tree_nodes=self.shape.size - 1,
                    training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
         return out
 
@@ -203,27 +195,3 @@ class FIRP(Method):
     def propose(self, root: int) -> Tree:
         return self.shape.build(root, self._candidates)
 
-
-def train_firp(lm, layers: tuple[int, ...], serial: bool, source: str, corpus, cfg, name: str = "firp",
-               progress: bool = True) -> Path:
-    """Self-distil FIRP's projections on the training-split corpus; write weights + sidecar."""
-    from harness.distill import load_corpus
-    from harness.training import save_checkpoint, train
-
-    engine = Engine(lm.model)
-    seqs = load_corpus(lm, corpus, progress)
-    torch.manual_seed(cfg.seed)
-    chains = PseudoChains(engine.hidden_size, layers, serial, source).to(engine.device, engine.dtype)
-    record = train(chains, engine, seqs, cfg, depth=chains.steps, progress=progress)
-    path = CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
-    save_checkpoint(path, chains, {"method": "firp", "model": lm.key, "config": chains.config(),
-                                   "data": corpus_summary(corpus, seqs), **record})
-    return path
-
-
-def corpus_summary(corpus, seqs) -> dict:
-    from dataclasses import asdict
-
-    return {"sources": ["datasets/gsm8k/train.jsonl", "datasets/xsum/validation-1000.jsonl"],
-            "splits": "training only (GSM8K train, XSum validation)", "answers": "target model, greedy",
-            "sequences": len(seqs), "tokens": sum(len(s.ids) for s in seqs), **asdict(corpus)}

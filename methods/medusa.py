@@ -1,0 +1,113 @@
+"""Medusa (Cai et al. 2024): K extra decoding heads on the last hidden state draft tokens
+t+2 .. t+K+1 in parallel; a sparse tree of their top-k candidates is verified in one forward.
+
+Head k is a residual block h + SiLU(W_k h + b_k), W_k zero-initialised, feeding an LM head. By
+default every head shares the base model's frozen LM head (small checkpoints: K x d^2 weights);
+`--separate-lm-head` trains one LM head per head as in Medusa-1 (K x V x d more weights).
+Drafts for the next step come from the heads on the accepted node's hidden state: no extra forward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.engine import Engine
+from harness.method import Method, MethodError, Option
+from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
+from harness.tree import Tree, TreeShape, resolve_tree
+
+
+class MedusaHeads(nn.Module):
+    """K residual heads over the final (normed) hidden state."""
+
+    kind = "medusa"
+
+    def __init__(self, hidden: int, heads: int, lm_head: nn.Module, separate_lm_head: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(heads))
+        for lin in self.blocks:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.separate = separate_lm_head
+        if separate_lm_head:  # initialised from the base LM head, then trained
+            self.lm_heads = nn.ModuleList(nn.Linear(hidden, lm_head.weight.shape[0], bias=False) for _ in range(heads))
+            for head in self.lm_heads:
+                head.weight.data.copy_(lm_head.weight.data)
+        self._shared = [lm_head]  # a list: the frozen base head is not a parameter of ours
+
+    @property
+    def steps(self) -> int:
+        return len(self.blocks)
+
+    def config(self) -> dict:
+        return {"heads": self.steps, "separate_lm_head": self.separate}
+
+    def forward(self, normed: torch.Tensor) -> torch.Tensor:
+        """normed: [..., d] final hidden after the model's norm -> logits [K, ..., V]"""
+        out = []
+        for k, block in enumerate(self.blocks):
+            x = normed + nn.functional.silu(block(normed))
+            out.append(self.lm_heads[k](x) if self.separate else self._shared[0](x))
+        return torch.stack(out)
+
+    def loss(self, engine: Engine, batch: Batch):
+        """Head k at position t against the frozen model's distribution at t + k (the position
+        whose next token it drafts), KL summed over heads."""
+        K, (B, T) = self.steps, batch.ids.shape
+        tp = teacher_pass(engine, batch.ids)
+        target = batch.hang[:, None, :] + torch.arange(1, K + 1)[None, :, None]  # [B, K, m]
+        ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
+        with torch.no_grad():
+            teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, -1))).view(*target.shape, -1)
+            normed = engine.norm(gather_rows(tp.final, batch.hang))  # [B, m, d]
+        draft = self(normed)  # [K, B, m, V]
+        parts = [kl_and_hits(teacher[:, k], draft[k], ok[:, k]) for k in range(K)]
+        return sum(p[0] for p in parts), torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
+
+
+def load_heads(engine: Engine, path: Path) -> tuple[MedusaHeads, dict]:
+    state, sidecar = load_checkpoint(path)
+    cfg = sidecar["config"]
+    heads = MedusaHeads(engine.hidden_size, cfg["heads"], engine.lm_head, cfg["separate_lm_head"])
+    heads.load_state_dict(state)
+    return heads.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
+
+
+class Medusa(Method):
+    name = "medusa"
+    summary = "Medusa: residual heads on the last hidden state, tree-verified"
+    weights_file = "medusa.safetensors"
+    options = (
+        Option("checkpoint", "str", "medusa", "checkpoint name under methods/checkpoints/<model>/ or a path"),
+        Option("tree", "str", "small", "draft tree: chain, chain-N, tiny, small, medusa63, or paths '0;1;0.0'"),
+    )
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.weights = self.weights_path()
+        self.heads, self.sidecar = load_heads(engine, self.weights)
+        try:
+            self.shape = TreeShape(resolve_tree(self.config["tree"], self.heads.steps), engine.device)
+        except ValueError as err:
+            raise MethodError(f"medusa.tree: {err}") from None
+        if self.shape.depth > self.heads.steps:
+            raise MethodError(f"medusa.tree is {self.shape.depth} deep but the checkpoint has {self.heads.steps} heads")
+        self._candidates = None
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(weights=str(self.weights), heads=self.heads.config(), tree_nodes=self.shape.size - 1,
+                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
+        return out
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
+        normed = self.engine.norm(hidden[int(path[-1])])
+        logits = self.heads(normed)[: self.shape.depth]  # [depth, V]
+        self._candidates = logits.topk(max(1, self.shape.topk), dim=-1).indices
+
+    def propose(self, root: int) -> Tree:
+        return self.shape.build(root, self._candidates)
+
