@@ -74,7 +74,7 @@ def decode(method: Method, prompt_ids: list[int], max_new_tokens: int, eos_ids: 
     if not done:
         method.observe(hidden, None, torch.tensor([last], device=engine.device))
     while not done:
-        tree = method.propose(pending)
+        tree = method.propose(pending, cache)
         before = engine.counters.positions
         hidden = method.verify(tree, cache)  # [n, d] hidden of the tree nodes
         predicted = engine.logits(hidden[: tree.size]).argmax(dim=-1)  # [n]

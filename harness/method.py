@@ -117,8 +117,9 @@ class Method:
         positions = torch.arange(ids.numel(), device=self.engine.device)
         return self.engine.forward(ids, positions, None, cache)[0]
 
-    def propose(self, root: int) -> Tree:
-        """The draft tree rooted at the pending token `root`."""
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        """The draft tree rooted at the pending token `root`. Drafting may write K/V at slots
+        >= cache.length (the verify forward overwrites them) but must not change cache.length."""
         return Tree.chain(torch.tensor([root], device=self.engine.device))
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:

@@ -192,6 +192,6 @@ class FIRP(Method):
         drafts = self.engine.logits(self._pseudo[:, node])  # [K, V]
         self._candidates = drafts.topk(max(1, self.shape.topk), dim=-1).indices
 
-    def propose(self, root: int) -> Tree:
+    def propose(self, root: int, cache: KVCache) -> Tree:
         return self.shape.build(root, self._candidates)
 

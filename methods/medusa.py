@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.engine import Engine
+from harness.engine import Engine, KVCache
 from harness.method import Method, MethodError, Option
 from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
 from harness.tree import Tree, TreeShape, resolve_tree
@@ -108,6 +108,6 @@ class Medusa(Method):
         logits = self.heads(normed)[: self.shape.depth]  # [depth, V]
         self._candidates = logits.topk(max(1, self.shape.topk), dim=-1).indices
 
-    def propose(self, root: int) -> Tree:
+    def propose(self, root: int, cache: KVCache) -> Tree:
         return self.shape.build(root, self._candidates)
 
