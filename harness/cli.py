@@ -117,9 +117,10 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
 
 
 def _register_train() -> None:
-    from harness.cli_train import train
+    from harness.cli_train import analyze, train
 
     main.add_command(train)
+    main.add_command(analyze)
 
 
 _register_train()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import click
 
@@ -88,3 +90,65 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     path = train_and_save(lm, lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head),
                           corpus, cfg, kw["name"] or "medusa")
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
+
+
+def _layer_range(text: str) -> list[int]:
+    """'4..28' (every layer), '4..28:4' (every 4th) or '4,8,12'."""
+    if ".." in text:
+        span, _, step = text.partition(":")
+        lo, hi = (int(x) for x in span.split(".."))
+        return list(range(lo, hi + 1, int(step) if step else 1))
+    return list(_ints(text))
+
+
+@click.group()
+def analyze() -> None:
+    """Analyses behind the FIRP paper's figures (written as JSON for `spec-harness figures`)."""
+
+
+@analyze.command("firp")
+@click.option("--layers", default="4..28:2", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
+@click.option("--firp", "firp_name", default="firp", show_default=True, help="FIRP checkpoint (name or path).")
+@click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: results/analysis/<model>/analysis.json")
+@corpus_options
+def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
+    """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5)."""
+    from harness.analysis import analyze_firp
+    from harness.method import checkpoint_file
+    from harness.results import RESULTS_ROOT, write_json
+
+    lm = load_model(kw["model"], kw["device"])
+    corpus, cfg = configs(kw)
+    extra = {"firp (parallel)": checkpoint_file(lm.key, "firp-parallel")}
+    result = analyze_firp(lm, _layer_range(layers), checkpoint_file(lm.key, firp_name),
+                          checkpoint_file(lm.key, medusa_name), corpus, cfg, extra)
+    out = out or RESULTS_ROOT / "analysis" / lm.key / "analysis.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    click.echo(f"wrote {out}")
+
+
+@analyze.command("layers")
+@click.option("--layers", default="4..28:2", show_default=True, help="'lo..hi[:step]' or a list.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: results/firp-layer-sweep/<model>.json")
+@corpus_options
+def analyze_layers_cmd(layers, out, **kw) -> None:
+    """The layer sweep that picks FIRP's default layers: held-out step-1 top-k per insertion layer."""
+    from harness.analysis import layer_probe
+    from harness.distill import corpus_summary, load_corpus
+    from harness.engine import Engine
+    from harness.results import RESULTS_ROOT, write_json
+
+    lm = load_model(kw["model"], kw["device"])
+    corpus, cfg = configs(kw)
+    seqs = load_corpus(lm, corpus)
+    t0 = time.time()
+    result = layer_probe(Engine(lm.model), seqs, _layer_range(layers), cfg)
+    out = out or RESULTS_ROOT / "firp-layer-sweep" / f"{lm.key}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    best = max(result, key=lambda k: result[k][0])
+    write_json(out, {"model": lm.key, "topk_by_layer": result, "best_step1_layer": int(best),
+                     "seconds": round(time.time() - t0), "training": asdict(cfg),
+                     "data": corpus_summary(corpus, seqs)})
+    click.echo(f"best step-1 layer: {best} (top-1 {result[best][0]:.3f}); wrote {out}")

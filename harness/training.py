@@ -2,8 +2,8 @@
 frozen model's teacher pass, the optimisation loop, held-out accuracy, and the checkpoint format
 (safetensors weights + JSON sidecar).
 
-A drafter is an nn.Module with `loss(engine, batch) -> (loss, correct [K], counted [K])`, where
-correct/counted give top-1 agreement with the teacher per draft step.
+A drafter is an nn.Module with `loss(engine, batch) -> (loss, hits [K, TOPK], counted [K])`
+(see step_losses), plus `kind`, `steps` and `config()`.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence]
     return [seqs[i] for i in order[cfg.eval_sequences:]], held
 
 
-def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random, depth: int) -> Batch:
+def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random) -> Batch:
     """Right-padded token ids and, per sequence, up to cfg.positions hang positions t in the
-    answer region (from the last prompt token on) with t + depth inside the sequence."""
+    answer region (from the last prompt token on); drafts past the end are masked by the loss."""
     rows = []
     for s in seqs:
         cut = max(0, len(s.ids) - cfg.max_len)
@@ -103,16 +103,25 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0])[:, None], index]
 
 
-def kl_and_hits(teacher_logits: torch.Tensor, draft_logits: torch.Tensor, ok: torch.Tensor):
-    """KL(p_teacher || q_draft) summed over the vocabulary, averaged over ok entries; and top-1
-    agreement counts. *_logits: [..., V], ok: [...] bool."""
-    logp = torch.log_softmax(teacher_logits.float(), -1)
-    logq = torch.log_softmax(draft_logits.float(), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+TOPK = 5  # top-1..top-5 agreement is tracked (the paper's Figure 3)
+
+
+def step_losses(teacher: torch.Tensor, draft: torch.Tensor, ok: torch.Tensor):
+    """Per draft step: KL(p_teacher || q_draft) over the vocabulary, averaged over ok entries and
+    summed over steps; and whether the teacher's greedy token is in the draft's top-1..top-5.
+
+    teacher, draft: [B, K, m, V] logits; ok: [B, K, m] bool.
+    Returns loss, hits [K, TOPK] (cumulative top-k counts), counted [K].
+    """
+    logp = torch.log_softmax(teacher.float(), -1)
+    logq = torch.log_softmax(draft.float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, K, m]
     okf = ok.float()
-    loss = (kl * okf).sum() / okf.sum().clamp(min=1)
-    hits = ((logp.argmax(-1) == logq.argmax(-1)) & ok).sum()
-    return loss, hits, ok.sum()
+    loss = ((kl * okf).sum((0, 2)) / okf.sum((0, 2)).clamp(min=1)).sum()
+    with torch.no_grad():
+        rank = (logq.topk(TOPK, -1).indices == logp.argmax(-1, keepdim=True)).int().cumsum(-1)  # [B, K, m, TOPK]
+        hits = (rank * ok[..., None]).sum((0, 2))
+    return loss, hits, ok.sum((0, 2))
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
@@ -123,20 +132,18 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(drafter, engine: Engine, held: list[Sequence], cfg: TrainConfig, depth: int) -> list[float]:
-    """Top-1 agreement with the target, per draft step, on held-out training-split sequences."""
+def evaluate(drafter, engine: Engine, held: list[Sequence], cfg: TrainConfig) -> list[list[float]]:
+    """Top-1..top-5 agreement with the target's greedy token, per draft step, on held-out
+    training-split sequences: [K][TOPK]."""
     rng = random.Random(cfg.seed + 1)
-    hits = torch.zeros(depth)
-    total = torch.zeros(depth)
+    hits, total = 0, 0
     for i in range(0, len(held), cfg.batch):
-        _, h, n = drafter.loss(engine, make_batch(held[i:i + cfg.batch], cfg, rng, depth))
-        hits += h
-        total += n
-    return (hits / total.clamp(min=1)).tolist()
+        _, h, n = drafter.loss(engine, make_batch(held[i:i + cfg.batch], cfg, rng))
+        hits, total = hits + h, total + n
+    return (hits / total.clamp(min=1)[:, None]).tolist()
 
 
-def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, depth: int,
-          progress: bool = True) -> dict:
+def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progress: bool = True) -> dict:
     """Optimise the drafter's parameters (the target stays frozen); returns the training record."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -144,21 +151,22 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, depth
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses, t0 = [], time.perf_counter()
-    before = evaluate(drafter, engine, held, cfg, depth)
+    before = evaluate(drafter, engine, held, cfg)
     bar = tqdm(range(cfg.steps), desc=f"train {drafter.kind}", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = make_batch(rng.sample(train_set, cfg.batch), cfg, rng, depth)
+        batch = make_batch(rng.sample(train_set, cfg.batch), cfg, rng)
         loss, hits, counted = drafter.loss(engine, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits.sum() / counted.sum().clamp(min=1)):.2f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits[:, 0].sum() / counted.sum().clamp(min=1)):.2f}")
     return {"config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
             "loss_curve": losses[:: max(1, len(losses) // 100)], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "heldout_top1_before": before, "heldout_top1": evaluate(drafter, engine, held, cfg, depth),
+            "heldout_topk_before": before, "heldout_topk": (after := evaluate(drafter, engine, held, cfg)),
+            "heldout_top1": [row[0] for row in after],
             "train_sequences": len(train_set), "heldout_sequences": len(held)}
 
 
@@ -193,7 +201,7 @@ def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str,
     seqs = load_corpus(lm, corpus, progress)
     torch.manual_seed(cfg.seed)
     module = build(engine).to(engine.device, engine.dtype)
-    record = train(module, engine, seqs, cfg, depth=module.steps, progress=progress)
+    record = train(module, engine, seqs, cfg, progress=progress)
     path = CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
     save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),
                                    "data": corpus_summary(corpus, seqs), **record})

@@ -30,8 +30,10 @@ def runnable(model_key: str) -> list[str]:
 
 
 def get(name: str):
-    """The method class registered as `name`; KeyError lists the valid names."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(REGISTRY)}")
-    module, cls = REGISTRY[name].split(":")
+    """The method class registered as `name`, or as NAME in a label `NAME:LABEL` (a second
+    configuration of a method in the same run); KeyError lists the valid names."""
+    base = name.split(":", 1)[0]
+    if base not in REGISTRY:
+        raise KeyError(f"unknown method {base!r}; valid methods: {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[base].split(":")
     return getattr(importlib.import_module(module), cls)

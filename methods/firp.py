@@ -27,7 +27,7 @@ from torch import nn
 
 from harness.engine import Engine, KVCache, PrefixKV
 from harness.method import Method, MethodError, Option
-from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
+from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
 from harness.tree import Tree, TreeShape, resolve_tree
 
 # Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/).
@@ -41,8 +41,12 @@ class PseudoChains(nn.Module):
 
     kind = "firp"
 
-    def __init__(self, hidden: int, layers: tuple[int, ...], serial: bool = True, source: str = "previous"):
+    def __init__(self, hidden: int, layers: tuple[int, ...], serial: bool = True, source: str = "previous",
+                 targets: tuple[int, ...] | None = None):
+        """targets: the future offset each step stands at (default 1..K). The layer probe of
+        the analyses uses independent one-step chains at many layers: targets = (1, 1, ...)."""
         super().__init__()
+        self.targets = tuple(targets) if targets else tuple(range(1, len(layers) + 1))
         if list(layers) != sorted(layers) or not layers:
             raise ValueError(f"FIRP layers must be non-decreasing and non-empty, got {layers}")
         if source not in ("previous", "last-real"):
@@ -101,7 +105,7 @@ class PseudoChains(nn.Module):
         K, (B, T), m = self.steps, batch.ids.shape, batch.hang.shape[1]
         capture = self.layers if self.source == "last-real" else self.layers[:1]
         tp = teacher_pass(engine, batch.ids, capture)
-        offsets = torch.arange(1, K + 1)[None, :, None]  # pseudo i stands at t + i
+        offsets = torch.tensor(self.targets)[None, :, None]  # pseudo i stands at t + i
         target = batch.hang[:, None, :] + offsets  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         with torch.no_grad():
@@ -113,11 +117,7 @@ class PseudoChains(nn.Module):
         h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype)
         real_at = lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang)  # noqa: E731
         h = engine.run_layers(h, ctx, self.layers[0], inserts=self.inserts(real_at, m))
-        draft = engine.logits(h).view(B, K, m, -1)
-        teacher = teacher.view(B, K, m, -1)
-        parts = [kl_and_hits(teacher[:, i], draft[:, i], ok[:, i]) for i in range(K)]
-        loss = sum(p[0] for p in parts)
-        return loss, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
+        return step_losses(teacher.view(B, K, m, -1), engine.logits(h).view(B, K, m, -1), ok)
 
 
 def load_chains(engine: Engine, path: Path) -> tuple[PseudoChains, dict]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.engine import Engine, KVCache
 from harness.method import Method, MethodError, Option
-from harness.training import Batch, gather_rows, kl_and_hits, load_checkpoint, teacher_pass
+from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
 from harness.tree import Tree, TreeShape, resolve_tree
 
 
@@ -25,8 +25,14 @@ class MedusaHeads(nn.Module):
 
     kind = "medusa"
 
-    def __init__(self, hidden: int, heads: int, lm_head: nn.Module, separate_lm_head: bool = False):
+    def __init__(self, hidden: int, heads: int, lm_head: nn.Module, separate_lm_head: bool = False,
+                 layer: int | None = None):
+        """layer: read the hidden state entering this layer instead of the last one: the
+        early-exit heads the analyses compare against (not used for decoding)."""
         super().__init__()
+        self.layer = layer
+        if layer is not None:
+            self.kind = "early-exit"
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(heads))
         for lin in self.blocks:
             nn.init.zeros_(lin.weight)
@@ -43,7 +49,7 @@ class MedusaHeads(nn.Module):
         return len(self.blocks)
 
     def config(self) -> dict:
-        return {"heads": self.steps, "separate_lm_head": self.separate}
+        return {"heads": self.steps, "separate_lm_head": self.separate, "layer": self.layer}
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
         """normed: [..., d] final hidden after the model's norm -> logits [K, ..., V]"""
@@ -57,15 +63,14 @@ class MedusaHeads(nn.Module):
         """Head k at position t against the frozen model's distribution at t + k (the position
         whose next token it drafts), KL summed over heads."""
         K, (B, T) = self.steps, batch.ids.shape
-        tp = teacher_pass(engine, batch.ids)
+        tp = teacher_pass(engine, batch.ids, () if self.layer is None else (self.layer,))
+        source = tp.final if self.layer is None else tp.hidden_at[self.layer]
         target = batch.hang[:, None, :] + torch.arange(1, K + 1)[None, :, None]  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         with torch.no_grad():
             teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, -1))).view(*target.shape, -1)
-            normed = engine.norm(gather_rows(tp.final, batch.hang))  # [B, m, d]
-        draft = self(normed)  # [K, B, m, V]
-        parts = [kl_and_hits(teacher[:, k], draft[k], ok[:, k]) for k in range(K)]
-        return sum(p[0] for p in parts), torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
+            normed = engine.norm(gather_rows(source, batch.hang))  # [B, m, d]
+        return step_losses(teacher, self(normed).transpose(0, 1), ok)  # heads: [K, B, m, V]
 
 
 def load_heads(engine: Engine, path: Path) -> tuple[MedusaHeads, dict]:

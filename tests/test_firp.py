@@ -75,14 +75,15 @@ def test_training_reduces_kl(engine):
     chains = PseudoChains(engine.hidden_size, (1, 2, 2))
     seqs = random_sequences()
     cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=1e-2, warmup=5, eval_sequences=4)
-    fixed = make_batch(seqs[4:8], cfg, random.Random(0), 3)
+    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
     with torch.no_grad():
         before = float(chains.loss(engine, fixed)[0])
-    record = train(chains, engine, seqs, cfg, depth=3, progress=False)
+    record = train(chains, engine, seqs, cfg, progress=False)
     with torch.no_grad():
         after = float(chains.loss(engine, fixed)[0])
     assert after < 0.85 * before, (before, after)
     assert len(record["heldout_top1"]) == 3 and record["final_loss"] > 0
+    assert all(row == sorted(row) and len(row) == 5 for row in record["heldout_topk"])  # top-1 <= ... <= top-5
 
 
 def test_bad_tree_and_missing_weights_are_clear(engine, tmp_path):

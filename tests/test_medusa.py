@@ -46,10 +46,10 @@ def test_training_reduces_kl(engine):
     module = MedusaHeads(engine.hidden_size, 3, engine.lm_head)
     seqs = random_sequences()
     cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=1e-2, warmup=5, eval_sequences=4)
-    fixed = make_batch(seqs[4:8], cfg, random.Random(0), 3)
+    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
     with torch.no_grad():
         before = float(module.loss(engine, fixed)[0])
-    train(module, engine, seqs, cfg, depth=3, progress=False)
+    train(module, engine, seqs, cfg, progress=False)
     with torch.no_grad():
         after = float(module.loss(engine, fixed)[0])
     assert after < 0.85 * before, (before, after)

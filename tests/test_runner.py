@@ -111,3 +111,16 @@ def test_cli_run_then_report(tiny_model_dir, tmp_path):
     assert "| ar " in res.output and (out / "summary.md").exists()
     res = CliRunner().invoke(main, ["report", str(out)])
     assert res.exit_code == 0 and "gsm8k" in res.output
+
+
+def test_method_labels_run_two_configurations(tiny_model_dir, tmp_path):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--out", str(out), "--datasets", "gsm8k",
+                                    "--num-samples", "1", "--max-new-tokens", "4", "--no-warmup",
+                                    "--methods", "ar,ar:second", "--method-arg", "ar:second.nothing=1"])
+    assert res.exit_code == 2 and "unknown option(s) nothing" in res.output
+    res = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--out", str(out), "--datasets", "gsm8k",
+                                    "--num-samples", "1", "--max-new-tokens", "4", "--no-warmup", "--methods", "ar,ar:second"])
+    assert res.exit_code == 0, res.output
+    methods = [r["method"] for r in read_records(out / "records.jsonl")]
+    assert methods == ["ar", "ar:second"]

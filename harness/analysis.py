@@ -1,0 +1,100 @@
+"""The analyses behind the FIRP paper's Figures 3-5, on the current model and training data:
+
+- layer probe (Fig 5): step-1 accuracy of a one-step pseudo state inserted at each layer;
+- top-k accuracy per draft step (Fig 3) of early-exit heads, Medusa heads and FIRP;
+- cosine similarity of pseudo and real hidden states per layer after insertion (Fig 4).
+
+All accuracies are measured on the same held-out part of the (training-split) corpus, so the
+predictors are comparable. Output: one analysis.json that `spec-harness figures` draws.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from harness.distill import CorpusConfig, load_corpus
+from harness.engine import Engine, PrefixKV
+from harness.modelload import LoadedModel
+from harness.training import TrainConfig, gather_rows, load_checkpoint, make_batch, split_corpus, teacher_pass, train
+from methods.firp import PseudoChains, load_chains
+from methods.medusa import MedusaHeads
+
+
+def layer_probe(engine: Engine, seqs, layers: list[int], cfg: TrainConfig) -> dict[str, list[float]]:
+    """Independent one-step chains at every layer, trained together (they never see each other:
+    parallel mask, real source, all targeting t + 1); held-out top-1..5 per layer."""
+    probe = PseudoChains(engine.hidden_size, tuple(sorted(layers)), serial=False, source="last-real",
+                         targets=(1,) * len(layers)).to(engine.device, engine.dtype)
+    record = train(probe, engine, seqs, cfg)
+    return {str(layer): topk for layer, topk in zip(sorted(layers), record["heldout_topk"])}
+
+
+def early_exit_topk(engine: Engine, seqs, layer: int, steps: int, cfg: TrainConfig) -> list[list[float]]:
+    """Heads reading the hidden state entering `layer` (residual block + the model's LM head)."""
+    heads = MedusaHeads(engine.hidden_size, steps, engine.lm_head, layer=layer).to(engine.device, engine.dtype)
+    return train(heads, engine, seqs, cfg)["heldout_topk"]
+
+
+@torch.no_grad()
+def cosine_by_layer(engine: Engine, chains: PseudoChains, held, cfg: TrainConfig) -> dict[str, dict[str, float]]:
+    """Mean cosine between pseudo i (hung at t) and the real hidden state of position t + i,
+    after every layer from the insertion on. Returns {"step i": {layer: cos}}."""
+    K, first = chains.steps, chains.layers[0]
+    sums = torch.zeros(K, engine.num_layers + 1)
+    counts = torch.zeros(K)
+    for i in range(0, len(held), cfg.batch):
+        batch = make_batch(held[i:i + cfg.batch], cfg, random.Random(cfg.seed))
+        (B, T), m = batch.ids.shape, batch.hang.shape[1]
+        tp = teacher_pass(engine, batch.ids, tuple(range(first, engine.num_layers)))
+        reals = {**tp.hidden_at, engine.num_layers: tp.final}
+        target = (batch.hang[:, None, :] + torch.tensor(chains.targets)[None, :, None])  # [B, K, m]
+        ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
+        mask = chains.chain_mask(torch.arange(T)[None, None, :] <= batch.hang[:, :, None])[:, None]
+        ctx = engine.context(target.view(B, K * m), None, PrefixKV(tp.kv), start=T, full_mask=mask)
+        inserts = chains.inserts(lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang), m)
+        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=engine.device)
+        for layer in range(first, engine.num_layers):
+            h = engine.run_layers(h, ctx, layer, layer + 1, inserts=inserts)
+            for step in range(K):
+                if chains.layers[step] > layer:
+                    continue
+                pseudo = h[:, step * m:(step + 1) * m]
+                real = gather_rows(reals[layer + 1], target[:, step].clamp(max=T - 1))
+                cos = torch.nn.functional.cosine_similarity(pseudo, real, dim=-1)
+                sums[step, layer + 1] += (cos * ok[:, step]).sum()
+        counts += ok.sum((0, 2))
+    out = {}
+    for step in range(K):
+        start = chains.layers[step] + 1
+        out[f"step {step + 1}"] = {str(j): float(sums[step, j] / counts[step]) for j in range(start, engine.num_layers + 1)}
+    return out
+
+
+def sidecar_topk(path: Path) -> list[list[float]] | None:
+    return load_checkpoint(path)[1].get("heldout_topk") if path.exists() else None
+
+
+def analyze_firp(lm: LoadedModel, layers: list[int], firp_path: Path, medusa_path: Path,
+                 corpus: CorpusConfig, cfg: TrainConfig, extra: dict[str, Path] | None = None) -> dict:
+    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict."""
+    engine = Engine(lm.model)
+    seqs = load_corpus(lm, corpus)
+    chains, sidecar = load_chains(engine, firp_path)
+    _, held = split_corpus(seqs, cfg)
+    topk = {"firp": sidecar["heldout_topk"]}
+    for name, path in {"medusa": medusa_path, **(extra or {})}.items():
+        if (found := sidecar_topk(path)) is not None:
+            topk[name] = found
+    topk[f"early-exit (layer {chains.layers[0]})"] = early_exit_topk(engine, seqs, chains.layers[0], chains.steps, cfg)
+    return {
+        "model": lm.key,
+        "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
+        "layer_sweep": {layer: row[0] for layer, row in layer_probe(engine, seqs, layers, cfg).items()},
+        "cosine": cosine_by_layer(engine, chains, held, cfg),
+        "notes": (f"held-out: {len(held)} training-split sequences; FIRP checkpoint {firp_path.name} "
+                  f"(layers {list(chains.layers)}); N = step + 1 (N=2 is the first draft token)"),
+        "training": {"steps": cfg.steps, "batch": cfg.batch, "positions": cfg.positions, "lr": cfg.lr},
+    }
