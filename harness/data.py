@@ -13,6 +13,9 @@ from pathlib import Path
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "datasets"
 DATASETS = ("gsm8k", "xsum", "mt-bench")
+# Tuning sets (method defaults, tree shapes): training splits read from the end, so that they do
+# not overlap the drafter-training prompts, which are read from the start. Never for evaluation.
+TUNING_SETS = ("gsm8k-train", "xsum-train")
 
 XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\nArticle:\n{document}"
 GSM8K_INSTRUCTION = "{question}\nSolve the problem step by step, then give the final answer as a number."
@@ -69,8 +72,11 @@ def load_samples(name: str, num_samples: int | None = None, source: str = "local
     if name.startswith("jsonl:"):
         rows = read_jsonl(Path(name[6:]), ("prompt",))
         samples = [Sample(name, str(r.get("id", i)), [r["prompt"]], r.get("reference")) for i, r in enumerate(rows)]
+    elif name in TUNING_SETS:
+        rows = _training_rows(name)
+        samples = [_to_sample(name, i, rows[i]) for i in reversed(range(len(rows)))]
     elif name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, jsonl:PATH")
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS + TUNING_SETS)}, jsonl:PATH")
     else:
         rows = _hub_rows(name) if source == "hub" else _local_rows(name)
         samples = [_to_sample(name, i, r) for i, r in enumerate(rows)]
@@ -83,6 +89,12 @@ def _local_rows(name: str) -> list[dict]:
     if name == "xsum":
         return read_jsonl(DATA_ROOT / "xsum" / "test-1000.jsonl", ("document", "summary", "id"))
     return read_jsonl(DATA_ROOT / "mt_bench" / "question.jsonl", ("question_id", "turns"))
+
+
+def _training_rows(name: str) -> list[dict]:
+    if name.startswith("gsm8k"):
+        return read_jsonl(DATA_ROOT / "gsm8k" / "train.jsonl", ("question", "answer"))
+    return read_jsonl(DATA_ROOT / "xsum" / "validation-1000.jsonl", ("document", "summary", "id"))
 
 
 def _hub_rows(name: str) -> list[dict]:
@@ -101,10 +113,10 @@ def _hub_rows(name: str) -> list[dict]:
 
 
 def _to_sample(name: str, index: int, row: dict) -> Sample:
-    if name == "gsm8k":
+    if name.startswith("gsm8k"):
         turn = GSM8K_INSTRUCTION.format(question=row["question"])
         return Sample(name, str(index), [turn], gsm8k_answer(row["answer"]))
-    if name == "xsum":
+    if name.startswith("xsum"):
         turn = XSUM_INSTRUCTION.format(document=row["document"])
         return Sample(name, str(row["id"]), [turn], row["summary"])
     return Sample(name, str(row["question_id"]), list(row["turns"]), None, {"category": row.get("category")})
@@ -128,8 +140,7 @@ def chat_prompt(tokenizer, turns: list[str], answers: list[str]) -> list[int]:
 def training_prompts(limit_per_source: int | None = None) -> list[tuple[str, str]]:
     """(source, user prompt) pairs from the training splits only: GSM8K train questions and
     XSum validation documents. Never reads an evaluation file."""
-    gsm = read_jsonl(DATA_ROOT / "gsm8k" / "train.jsonl", ("question", "answer"))
-    xsum = read_jsonl(DATA_ROOT / "xsum" / "validation-1000.jsonl", ("document", "summary"))
+    gsm, xsum = _training_rows("gsm8k"), _training_rows("xsum")
     gsm = gsm[:limit_per_source] if limit_per_source else gsm
     xsum = xsum[:limit_per_source] if limit_per_source else xsum
     out = [("gsm8k-train", GSM8K_INSTRUCTION.format(question=r["question"])) for r in gsm]

@@ -15,6 +15,7 @@ def make_record(key: tuple, sample: Sample, out: Decoded, wall: float, telemetry
     text = tokenizer.decode(out.output_ids, skip_special_tokens=True)
     diverge = None if reference_ids is None else metrics.first_divergence(out.output_ids, reference_ids)
     scored = sample.reference is not None and turn == 0
+    gsm = dataset.startswith("gsm8k")
     rec = {
         "method": method, "dataset": dataset, "sample_id": sample_id, "turn": turn,
         "new_tokens": len(out.output_ids), "wall_time": wall, "prefill_time": out.prefill_time,
@@ -22,8 +23,8 @@ def make_record(key: tuple, sample: Sample, out: Decoded, wall: float, telemetry
         "accept_lengths": out.accept_lengths, "draft_sizes": out.draft_sizes, "positions": out.positions,
         "output_ids": out.output_ids, "output_text": text,
         "lossless": diverge is None, "diverge_at": diverge,
-        "rouge2": metrics.rouge2(text, sample.reference) if scored and dataset != "gsm8k" else None,
-        "correct": metrics.gsm8k_correct(text, sample.reference) if scored and dataset == "gsm8k" else None,
+        "rouge2": metrics.rouge2(text, sample.reference) if scored and not gsm else None,
+        "correct": metrics.gsm8k_correct(text, sample.reference) if scored and gsm else None,
         "telemetry": telemetry, "prompt_tokens": prompt_tokens, "stop": out.stop,
     }
     return rec
