@@ -126,6 +126,16 @@ def _register_train() -> None:
 _register_train()
 
 
+def _register_analysis() -> None:
+    from harness.cli_analysis import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_analysis()
+
+
 @main.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_cmd(run_dir: Path) -> None:

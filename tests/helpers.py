@@ -40,3 +40,46 @@ def random_sequences(n=24, length=48, vocab=97):
     from harness.distill import Sequence
 
     return [Sequence("tiny", random.Random(i).choices(range(3, vocab), k=length), 4) for i in range(n)]
+
+
+# (tau-ish tokens per forward, speed factor over the baseline, draft size, positions per forward)
+SYNTHETIC_METHODS = {"ar": (1, 1.0, 0, 1), "medusa": (2, 1.5, 4, 5), "firp": (3, 2.0, 3, 12),
+                     "firp:parallel": (2, 1.4, 3, 12)}
+
+
+def write_synthetic_run(path, methods=SYNTHETIC_METHODS, datasets=("gsm8k", "xsum"), samples=8, seed=0,
+                        model_key="tiny", method_configs=None):
+    """A run directory (manifest.json + records.jsonl in the results schema) with hand-set
+    acceptance and timing, seeded noise on the wall times; returns the path."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    manifest = {"schema_version": 1, "model": model_key, "model_key": model_key, "dtype": "float32",
+                "device": "cpu", "hardware": {"cpu": "Synthetic CPU", "cpu_cores": 2}, "methods": list(methods),
+                "method_configs": method_configs or {m: {"name": m.split(":")[0], "options": {}} for m in methods},
+                "datasets": list(datasets), "num_samples": samples, "max_new_tokens": 32, "seed": 0,
+                "data_source": "local", "baseline": "ar"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with (path / "records.jsonl").open("w") as f:
+        for dataset in datasets:
+            for i in range(samples):
+                tokens = 20 + 3 * i
+                base_time = tokens * 0.01 * (1.5 if dataset == "xsum" else 1.0)
+                for method, (per_fwd, speed, draft, positions) in methods.items():
+                    accept = [1] + [per_fwd] * ((tokens - 1) // per_fwd)
+                    if sum(accept) < tokens:
+                        accept.append(tokens - sum(accept))
+                    n = len(accept)
+                    rec = {"method": method, "dataset": dataset, "sample_id": str(i), "turn": 0,
+                           "new_tokens": tokens, "wall_time": base_time / speed * rng.uniform(0.9, 1.1),
+                           "prefill_time": 0.001, "forwards": n, "accept_lengths": accept,
+                           "draft_sizes": [0] + [draft] * (n - 1), "positions": [30] + [positions] * (n - 1),
+                           "output_ids": list(range(tokens)), "output_text": "", "lossless": True,
+                           "diverge_at": None, "rouge2": 0.1 if dataset == "xsum" else None,
+                           "correct": (i % 2 == 0) if dataset == "gsm8k" else None,
+                           "telemetry": {"kind": "cpu"}}
+                    f.write(json.dumps(rec) + "\n")
+    return path

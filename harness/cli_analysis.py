@@ -1,0 +1,96 @@
+"""`spec-harness figures | costmodel | regress`: figures from results files, the forward-cost
+model of the target, and the CI regression check of a run against a reference run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from harness.modelload import DEFAULT_MODEL
+
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _user_errors():
+    from harness.cli import USER_ERRORS
+
+    return (*USER_ERRORS, ValueError, OSError)
+
+
+def _fail(err: Exception) -> None:
+    from harness.cli import _fail as fail
+
+    fail(err)
+
+
+@click.command()
+@click.argument("run_dir", type=_DIR)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory (default: RUN_DIR/figures).")
+@click.option("--costmodel", "costmodel_json", type=_FILE, default=None,
+              help="Cost-model JSON (`spec-harness costmodel`): adds the measured-vs-bound figure.")
+@click.option("--analysis", "analysis_json", type=_FILE, default=None,
+              help="analysis.json (`spec-harness analyze firp`): adds Figures 3-5.")
+def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analysis_json: Path | None) -> None:
+    """Every figure (PNG + the CSV behind it) from a run directory and optional JSON inputs."""
+    from harness.figures import make_all
+
+    try:
+        written = make_all(run_dir, out or run_dir / "figures", costmodel_json, analysis_json)
+    except _user_errors() as err:
+        _fail(err)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float32 on CPU, float16 on CUDA.")
+@click.option("--prefix", type=int, default=256, show_default=True, help="Committed positions in the KV cache before the timed rows.")
+@click.option("--repeats", type=int, default=7, show_default=True, help="Timed forwards per n (median kept), after 2 warm-up rounds.")
+@click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1,2,3,4,6,8,12,16,24,32,48,64).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
+def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
+    """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
+    from harness import costmodel as cm
+    from harness.results import write_json
+
+    try:
+        n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
+        result = cm.run(model, device, dtype, prefix, repeats, n_values)
+    except _user_errors() as err:
+        _fail(err)
+    path = out or cm.default_out(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    click.echo(f"{'n':>4} {'c(n) ms':>9} {'c(n)/c(1)':>10}")
+    for n, sec, ratio in zip(result["n"], result["seconds"], result["ratio"]):
+        click.echo(f"{n:>4} {1000 * sec:>9.2f} {ratio:>10.2f}")
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("run_dir", type=_DIR)
+@click.option("--baseline", "ref_dir", type=_DIR, required=True, help="Reference run directory.")
+@click.option("--speedup-margin", type=float, default=None,
+              help="Allowed drop below the reference's 95% CI low of the median speedup (default 0.05).")
+def regress(run_dir: Path, ref_dir: Path, speedup_margin: float | None) -> None:
+    """Compare RUN_DIR with a reference run: exit 1 on a changed tau or lossless rate, a
+    speedup below the reference interval, or a missing method/dataset; 0 otherwise."""
+    from harness.regress import DEFAULT_MARGIN, compare, render
+
+    margin = DEFAULT_MARGIN if speedup_margin is None else speedup_margin
+    try:
+        cmp = compare(run_dir, ref_dir, margin)
+    except _user_errors() as err:
+        _fail(err)
+    click.echo(render(cmp, margin))
+    sys.exit(0 if cmp.ok else 1)
+
+
+COMMANDS = (figures, costmodel, regress)

@@ -1,0 +1,373 @@
+"""Figures drawn from results files only (no model): a run directory, a cost-model JSON
+(harness/costmodel.py) and an analysis JSON (harness/analysis.py). Every figure is written as
+PNG with the numbers it shows as CSV next to it (same name).
+
+Speedups in every figure are the median of per-turn paired ratios over the baseline, with its
+95% bootstrap interval (the `speedup_median`, `speedup_ci_*` columns of metrics.summarize; the
+report's headline `speedup`, the ratio of mean tokens/s, is in the CSVs too).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.costmodel import ratio_at
+from harness.results import load_run
+from harness.runner import summary_of
+
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+         "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.dpi": 100, "axes.grid": True,
+         "grid.alpha": 0.3}
+MARKERS = "osD^vP*Xh"
+SPEEDUP_COLS = ["speedup_median", "speedup_ci_low", "speedup_ci_high", "speedup"]
+SPEEDUP_LABEL = "speedup over baseline\n(median paired ratio, 95% CI)"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    return plt
+
+
+def note(msg: str) -> None:
+    print(f"figures: {msg}")
+
+
+def setting(manifest: dict) -> str:
+    """'<model> on <GPU or CPU>, <dtype>' for titles."""
+    hw = manifest.get("hardware", {})
+    where = hw.get("gpu") or hw.get("cpu") or manifest.get("device", "?")
+    dtype = manifest.get("dtype")
+    return f"{manifest.get('model_key') or manifest.get('model', '?')} on {where}" + (f", {dtype}" if dtype else "")
+
+
+def _save(fig, out_dir: Path, stem: str, data: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{stem}.png"
+    fig.savefig(png, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    written = [png]
+    for name, table in {stem: data, **(extra or {})}.items():
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+        written.append(out_dir / f"{name}.csv")
+    return written
+
+
+def _order(values, preferred) -> list:
+    """Distinct values, in the preferred order first (the manifest's), then as they come."""
+    values = list(dict.fromkeys(values))
+    return [v for v in preferred if v in values] + [v for v in values if v not in preferred]
+
+
+def _styles(manifest: dict, summary: pd.DataFrame, shown: pd.DataFrame):
+    """Colour per method and marker per dataset, the same in every figure of a run (assigned
+    over the whole summary), restricted to what `shown` holds; then its methods and datasets."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    colors = {m: cmap(i % 10) for i, m in enumerate(_order(summary["method"], manifest.get("methods", [])))}
+    markers = {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(_order(summary["dataset"], manifest.get("datasets", [])))}
+    methods = [m for m in colors if m in set(shown["method"])]
+    datasets = [d for d in markers if d in set(shown["dataset"])]
+    return {m: colors[m] for m in methods}, {d: markers[d] for d in datasets}, methods, datasets
+
+
+def _legends(ax, colors: dict, markers: dict) -> None:
+    """Method (colour) and dataset (marker) legends, outside the axes on the right."""
+    from matplotlib.lines import Line2D
+
+    first = ax.legend(handles=[Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()],
+                      title="method", loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.add_artist(first)
+    ax.legend(handles=[Line2D([], [], color="0.3", marker=mk, ls="", label=d) for d, mk in markers.items()],
+              title="dataset", loc="lower left", bbox_to_anchor=(1.02, 0))
+
+
+def _yerr(df: pd.DataFrame) -> np.ndarray:
+    med = df["speedup_median"].to_numpy()
+    return np.vstack([med - df["speedup_ci_low"].to_numpy(), df["speedup_ci_high"].to_numpy() - med])
+
+
+def _bar_labels(ax, bars, spec: str = ".2f", inside: bool = False) -> None:
+    """Value labels: on top of the bars, or inside them (bars with error bars)."""
+    heights = [b.get_height() for b in bars]
+    ax.bar_label(bars, labels=["" if np.isnan(h) else format(h, spec) for h in heights], fontsize=8,
+                 **({"label_type": "center", "bbox": {"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1}}
+                    if inside else {"padding": 2}))
+
+
+def _non_baseline(summary: pd.DataFrame, manifest: dict) -> pd.DataFrame:
+    return summary[summary["method"] != manifest.get("baseline", "ar")]
+
+
+# -- run figures ---------------------------------------------------------------------------
+def speedup_vs_draft(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list[Path]:
+    """Fig 1a: one point per (method, dataset): draft size vs median paired speedup, 95% CI."""
+    data = _non_baseline(summary, manifest)[["method", "dataset", "draft_size", *SPEEDUP_COLS]]
+    dropped = data[data[["draft_size", "speedup_median"]].isna().any(axis=1)]
+    if len(dropped):
+        note(f"fig1a: no draft size or speedup for {sorted(set(dropped['method']))}: left out")
+    data = data.drop(dropped.index).reset_index(drop=True)
+    if data.empty:
+        note("fig1a skipped: no method besides the baseline has a draft size and a speedup")
+        return []
+    plt = _pyplot()
+    colors, markers, _, datasets = _styles(manifest, summary, data)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    span = max(float(data["draft_size"].max() - data["draft_size"].min()), 1.0)
+    dodge = {d: (i - (len(datasets) - 1) / 2) * 0.025 * span for i, d in enumerate(datasets)}
+    for i, r in data.iterrows():
+        ax.errorbar(r.draft_size + dodge[r.dataset], r.speedup_median, yerr=_yerr(data.iloc[[i]]),
+                    fmt=markers[r.dataset], color=colors[r.method], ms=8, capsize=4, lw=1.5)
+    ax.axhline(1.0, color="0.4", ls="--", lw=1)
+    ax.text(ax.get_xlim()[0], 1.0, f" baseline ({manifest.get('baseline', 'ar')})", va="bottom", fontsize=9, color="0.3")
+    ax.set_xlabel("draft size (draft tokens verified per forward, mean)"
+                  + ("\n(points dodged slightly by dataset)" if len(datasets) > 1 else ""))
+    ax.set_ylabel(SPEEDUP_LABEL)
+    ax.set_title(f"Fig 1a. Speedup vs draft size\n{setting(manifest)}")
+    _legends(ax, colors, markers)
+    return _save(fig, out_dir, "fig1a_speedup_vs_draft_size", data)
+
+
+def _grouped_bars(ax, data: pd.DataFrame, groups: list, members: list, value: str, colors: dict,
+                  member_col: str = "method", group_col: str = "dataset", err: bool = False) -> None:
+    """Bars of data[value] grouped by group_col, one bar per member in each group."""
+    width = 0.8 / max(len(members), 1)
+    for j, m in enumerate(members):
+        sub = data[data[member_col] == m].set_index(group_col).reindex(groups)
+        xs = np.arange(len(groups)) + (j - (len(members) - 1) / 2) * width
+        yerr = _yerr(sub) if err else None
+        bars = ax.bar(xs, sub[value].to_numpy(), width * 0.95, yerr=yerr, capsize=3, color=colors[m], label=m)
+        _bar_labels(ax, bars, inside=err)
+    ax.set_xticks(np.arange(len(groups)), groups)
+
+
+def tau_per_method(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list[Path]:
+    """Fig 1b: mean accepted tokens per target forward, per method, grouped by dataset."""
+    data = summary[["method", "dataset", "tau"]].dropna().reset_index(drop=True)
+    if data.empty:
+        note("fig1b skipped: no tau in the run")
+        return []
+    plt = _pyplot()
+    colors, _, methods, datasets = _styles(manifest, summary, data)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(datasets) * len(methods) + 2.5), 4.5))
+    _grouped_bars(ax, data, datasets, methods, "tau", colors)
+    ax.set_ylabel("tau (accepted tokens per target forward)")
+    ax.set_xlabel("dataset")
+    ax.set_ylim(0, data["tau"].max() * 1.18)
+    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(f"Fig 1b. Mean accepted tokens per forward (tau)\n{setting(manifest)}")
+    return _save(fig, out_dir, "fig1b_tau", data)
+
+
+def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path) -> list[Path]:
+    """Measured c(n)/c(1), each method's operating point on it, and per method the measured
+    speedup next to its bound tau * c(1) / c(n_method)."""
+    data = _non_baseline(summary, manifest)[["method", "dataset", "tau", "positions", *SPEEDUP_COLS]]
+    data = data.dropna(subset=["tau", "positions", "speedup_median"]).reset_index(drop=True)
+    if data.empty:
+        note("costmodel skipped: no method besides the baseline has positions per forward and a speedup")
+        return []
+    top = max(cost["n"])
+    if (data["positions"] > top).any():
+        note(f"costmodel: positions beyond the measured n <= {top}: c(n) extrapolated linearly")
+    data["ratio"] = [ratio_at(cost, n) for n in data["positions"]]
+    data["bound"] = data["tau"] / data["ratio"]
+    curve = pd.DataFrame({"n": cost["n"], "seconds": cost["seconds"], "ratio": cost["ratio"]})
+    where = setting({**cost, "model_key": cost.get("model")})
+    if cost.get("model") != manifest.get("model_key"):
+        note(f"costmodel: measured on model {cost.get('model')!r}, the run used {manifest.get('model_key')!r}")
+
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    colors, markers, methods, datasets = _styles(manifest, summary, data)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]},
+                                      layout="constrained")
+    left.plot(curve["n"], curve["ratio"], "-o", color="0.2", ms=4, label="measured c(n)/c(1)")
+    for r in data.itertuples():
+        left.plot(r.positions, r.ratio, markers[r.dataset], color=colors[r.method], ms=9, mec="k")
+    left.set_xlabel("rows processed per target forward, n")
+    left.set_ylabel("forward latency c(n) / c(1)")
+    left.set_title(f"Forward cost (prefix {cost.get('prefix', '?')} tokens, c(1) = {1000 * cost['seconds'][0]:.1f} ms)")
+    _legends(left, colors, markers)
+
+    data = data.assign(order=[(datasets.index(d), methods.index(m)) for m, d in zip(data["method"], data["dataset"])])
+    data = data.sort_values("order").drop(columns="order").reset_index(drop=True)
+    xs = np.arange(len(data))
+    bars = right.bar(xs - 0.2, data["speedup_median"], 0.4, yerr=_yerr(data), capsize=3,
+                     color=[colors[m] for m in data["method"]], label="measured (median, 95% CI)")
+    _bar_labels(right, bars, inside=True)
+    bounds = right.bar(xs + 0.2, data["bound"], 0.4, color="white", edgecolor=[colors[m] for m in data["method"]],
+                       hatch="//", label="bound tau * c(1) / c(n)")
+    _bar_labels(right, bounds)
+    right.axhline(1.0, color="0.4", ls="--", lw=1)
+    right.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])])
+    right.set_ylabel(SPEEDUP_LABEL)
+    right.set_ylim(0, max(data["bound"].max(), data["speedup_ci_high"].max()) * 1.25)
+    right.legend(handles=[Patch(facecolor="0.55", label=bars.get_label()),
+                          Patch(facecolor="white", edgecolor="0.3", hatch="//", label=bounds.get_label())],
+                 loc="upper left")
+    right.set_title("Measured speedup vs cost-model bound")
+    fig.suptitle(f"Cost model: {where}\nrun: {setting(manifest)}", fontsize=12)
+    return _save(fig, out_dir, "costmodel", data, {"costmodel_curve": curve})
+
+
+def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
+                       methods: tuple[str, str] = ("firp", "firp:parallel")) -> list[Path]:
+    """The mask ablation: tau and speedup per dataset, the two configurations side by side."""
+    data = summary[summary["method"].isin(methods)][["method", "dataset", "tau", *SPEEDUP_COLS]]
+    missing = [m for m in methods if m not in set(data["method"])]
+    if missing:
+        note(f"ablation skipped: method(s) {', '.join(missing)} not in the run")
+        return []
+    data = data.reset_index(drop=True)
+    plt = _pyplot()
+    colors, _, _, datasets = _styles(manifest, summary, data)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(9, 2.4 * len(datasets) + 4), 4.5))
+    _grouped_bars(a, data, datasets, list(methods), "tau", colors)
+    a.set_ylabel("tau (accepted tokens per target forward)")
+    a.set_ylim(0, data["tau"].max() * 1.35)
+    a.set_title("Mean accepted tokens per forward")
+    _grouped_bars(b, data, datasets, list(methods), "speedup_median", colors, err=True)
+    b.axhline(1.0, color="0.4", ls="--", lw=1)
+    b.set_ylabel(SPEEDUP_LABEL)
+    b.set_ylim(0, data["speedup_ci_high"].max() * 1.35)
+    b.set_title("Speedup")
+    for ax in (a, b):
+        ax.set_xlabel("dataset")
+        ax.legend(loc="upper center", ncol=2)
+    fig.suptitle(f"Serial vs parallel pseudo-token mask ({methods[0]} vs {methods[1]})\n{setting(manifest)}", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out_dir, "ablation_serial_vs_parallel", data)
+
+
+# -- analysis figures ----------------------------------------------------------------------
+def _percent_axis(ax) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+
+
+def _integer_x(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def topk_accuracy(analysis: dict, out_dir: Path, steps=("2", "3", "4")) -> list[Path]:
+    """Fig 3: top-1..top-5 accuracy of draft token N (N = 2 is the first draft token), per predictor."""
+    acc = analysis["topk_accuracy"]
+    rows = [{"predictor": p, "N": int(n), "k": k + 1, "accuracy": v}
+            for p, by_n in acc.items() for n, vals in by_n.items() if n in steps for k, v in enumerate(vals)]
+    data = pd.DataFrame(rows, columns=["predictor", "N", "k", "accuracy"])
+    present = [int(n) for n in steps if n in set(data["N"].astype(str))]
+    if not present:
+        note(f"fig3 skipped: topk_accuracy has none of N = {', '.join(steps)}")
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present) + 1, 4.2), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, n in zip(axes[0], present):
+        for i, p in enumerate(acc):
+            sub = data[(data["predictor"] == p) & (data["N"] == n)]
+            if len(sub):
+                ax.plot(sub["k"], sub["accuracy"], "-" + MARKERS[i % len(MARKERS)], color=cmap(i % 10), label=p)
+        ax.set_title(f"N = {n}" + (" (first draft token)" if n == 2 else ""))
+        ax.set_xlabel("k (top-k)")
+        ax.set_xticks(range(1, 6))
+        _percent_axis(ax)
+    axes[0][0].set_ylabel("top-k accuracy (held-out positions)")
+    axes[0][-1].legend(title="predictor", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"Fig 3. Top-k accuracy of draft token N\n{_analysis_title(analysis)}", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig3_topk_accuracy", data)
+
+
+def cosine_similarity(analysis: dict, out_dir: Path) -> list[Path]:
+    """Fig 4: mean cosine of pseudo vs real hidden states, per layer after insertion."""
+    data = pd.DataFrame([{"variant": v, "layer": int(layer), "cosine": c}
+                         for v, by_layer in analysis["cosine"].items() for layer, c in by_layer.items()],
+                        columns=["variant", "layer", "cosine"])
+    if data.empty:
+        note("fig4 skipped: cosine is empty")
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (v, sub) in enumerate(data.groupby("variant", sort=False)):
+        sub = sub.sort_values("layer")
+        ax.plot(sub["layer"], sub["cosine"], "-" + MARKERS[i % len(MARKERS)], label=v)
+    ax.set_xlabel("layer j (hidden state after j decoder layers)")
+    _integer_x(ax)
+    ax.set_ylabel("mean cosine similarity,\npseudo vs real hidden state")
+    ax.legend(title="pseudo token")
+    ax.set_title(f"Fig 4. Pseudo vs real hidden states after insertion\n{_analysis_title(analysis)}")
+    return _save(fig, out_dir, "fig4_cosine_by_layer", data)
+
+
+def layer_sweep(analysis: dict, out_dir: Path) -> list[Path]:
+    """Fig 5: first-step (N = 2) top-1 accuracy vs the layer the prediction is inserted at."""
+    data = pd.DataFrame([{"layer": int(k), "top1_accuracy": v} for k, v in analysis["layer_sweep"].items()],
+                        columns=["layer", "top1_accuracy"]).sort_values("layer").reset_index(drop=True)
+    if data.empty:
+        note("fig5 skipped: layer_sweep is empty")
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(data["layer"], data["top1_accuracy"], "-o", color="tab:blue")
+    best = data.loc[data["top1_accuracy"].idxmax()]
+    ax.annotate(f"best: layer {int(best.layer)}, {best.top1_accuracy:.1%}", (best.layer, best.top1_accuracy),
+                textcoords="offset points", xytext=(0, 10), ha="center", fontsize=9)
+    ax.set_ylim(0, data["top1_accuracy"].max() * 1.2)
+    ax.set_xlabel("prediction layer l (pseudo state inserted before layer l)")
+    _integer_x(ax)
+    ax.set_ylabel("first-step top-1 accuracy")
+    _percent_axis(ax)
+    ax.set_title(f"Fig 5. First-step accuracy vs prediction layer\n{_analysis_title(analysis)}")
+    return _save(fig, out_dir, "fig5_layer_sweep", data)
+
+
+def _analysis_title(analysis: dict) -> str:
+    return f"{analysis.get('model', '?')}, held-out training-split sequences"
+
+
+ANALYSIS_FIGURES = {"topk_accuracy": topk_accuracy, "cosine": cosine_similarity, "layer_sweep": layer_sweep}
+
+
+# -- everything ----------------------------------------------------------------------------
+def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = None,
+             analysis_json: Path | None = None) -> list[Path]:
+    """Every figure the inputs allow; returns the files written. A figure whose data is
+    missing is skipped with a printed note."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    if run_dir is not None:
+        manifest, _ = load_run(Path(run_dir))
+        summary, _ = summary_of(Path(run_dir))
+        if summary.empty:
+            note(f"{run_dir} holds no decoded records: run figures skipped")
+        else:
+            written += speedup_vs_draft(summary, manifest, out_dir)
+            written += tau_per_method(summary, manifest, out_dir)
+            written += serial_vs_parallel(summary, manifest, out_dir)
+            if costmodel_json is not None:
+                written += cost_model(summary, manifest, json.loads(Path(costmodel_json).read_text()), out_dir)
+    elif costmodel_json is not None:
+        note("costmodel skipped: it needs a run directory (the methods' tau, positions and speedups)")
+    if analysis_json is not None:
+        analysis = json.loads(Path(analysis_json).read_text())
+        for key, draw in ANALYSIS_FIGURES.items():
+            if key in analysis:
+                written += draw(analysis, out_dir)
+            else:
+                note(f"{draw.__name__} skipped: no {key!r} in {analysis_json}")
+    return written
+
