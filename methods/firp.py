@@ -30,8 +30,10 @@ from harness.method import Method, MethodError, Option
 from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
 from harness.tree import Tree, TreeShape, resolve_tree
 
-# Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/).
-DEFAULT_LAYERS: dict[str, tuple[int, ...]] = {}
+# Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/<model>.json):
+# step 1 at the layer with the best held-out step-1 accuracy, later steps one layer deeper each, so
+# that pseudo i-1 has been refined by one layer when pseudo i is derived from it.
+DEFAULT_LAYERS: dict[str, tuple[int, ...]] = {"SmolLM2-135M-Instruct-Q4_1": (19, 20, 21)}
 
 RealAt = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, h) -> [B, m, d] real states of hung nodes
 
