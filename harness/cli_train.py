@@ -30,6 +30,8 @@ def corpus_options(fn):
                      help="Prompts per training split (GSM8K train, XSum validation)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--name", default=None, help="Checkpoint name (default: the method's name)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Output file: the weights for train (default methods/checkpoints/<model>/<name>.safetensors), the JSON for analyze."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -66,7 +68,7 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
     corpus, cfg = configs(kw)
     t0 = time.time()
     path = train_and_save(lm, lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source),
-                          corpus, cfg, kw["name"] or "firp")
+                          corpus, cfg, kw["name"] or "firp", path=kw["out"])
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
 
 
@@ -88,8 +90,33 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     corpus, cfg = configs(kw)
     t0 = time.time()
     path = train_and_save(lm, lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head),
-                          corpus, cfg, kw["name"] or "medusa")
+                          corpus, cfg, kw["name"] or "medusa", path=kw["out"])
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
+
+
+@train.command("self-spec")
+@click.option("--trials", type=int, default=200, show_default=True, help="Bayesian-optimisation trials (TPE).")
+@click.option("--num-prompts", type=int, default=8, show_default=True,
+              help="Training-split prompts decoded per trial (GSM8K train and XSum validation alternately).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens decoded per prompt.")
+@click.option("--confirm", type=int, default=3, show_default=True, help="Best skip sets measured again at the end.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", default="self-spec", show_default=True, help="Artifact name under methods/checkpoints/<model>/.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output JSON (default methods/checkpoints/<model>/<name>.json).")
+def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, seed, name, out) -> None:
+    """Self-speculative decoding: search the sublayers the draft skips (writes <name>.json)."""
+    from harness.skipsearch import SearchConfig, run_search
+
+    lm = load_model(model, device)
+    cfg = SearchConfig(trials=trials, num_prompts=num_prompts, max_new_tokens=max_new_tokens, seed=seed,
+                       confirm=confirm)
+    path, record = run_search(lm, cfg, name, out)
+    click.echo(f"skip set {record['skip']}: {record['best']['tokens_per_s']:.1f} tok/s "
+               f"({record['speedup_over_ar']:.2f}x the baseline's {record['ar']['tokens_per_s']:.1f}); "
+               f"wrote {path} in {record['seconds']:.0f} s")
 
 
 def _layer_range(text: str) -> list[int]:
@@ -110,10 +137,10 @@ def analyze() -> None:
 @click.option("--layers", default="4..28:2", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
 @click.option("--firp", "firp_name", default="firp", show_default=True, help="FIRP checkpoint (name or path).")
 @click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: results/analysis/<model>/analysis.json")
 @corpus_options
 def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
-    """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5)."""
+    """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5).
+    --out: the JSON written (default results/analysis/<model>/analysis.json)."""
     from harness.analysis import analyze_firp
     from harness.method import checkpoint_file
     from harness.results import RESULTS_ROOT, write_json
@@ -131,10 +158,10 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
 
 @analyze.command("layers")
 @click.option("--layers", default="4..28:2", show_default=True, help="'lo..hi[:step]' or a list.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: results/firp-layer-sweep/<model>.json")
 @corpus_options
 def analyze_layers_cmd(layers, out, **kw) -> None:
-    """The layer sweep that picks FIRP's default layers: held-out step-1 top-k per insertion layer."""
+    """The layer sweep that picks FIRP's default layers: held-out step-1 top-k per insertion layer.
+    --out: the JSON written (default results/firp-layer-sweep/<model>.json)."""
     from harness.analysis import layer_probe
     from harness.distill import corpus_summary, load_corpus
     from harness.engine import Engine

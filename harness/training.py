@@ -47,10 +47,13 @@ class Batch:
 
 
 def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence], list[Sequence]]:
+    """(training, held-out) sequences: a seeded shuffle; at most a quarter is held out."""
+    if len(seqs) < 2:
+        raise ValueError(f"the training corpus holds {len(seqs)} sequence(s); at least 2 are needed")
     order = list(range(len(seqs)))
     random.Random(cfg.seed).shuffle(order)
-    held = [seqs[i] for i in order[: cfg.eval_sequences]]
-    return [seqs[i] for i in order[cfg.eval_sequences:]], held
+    n_held = min(cfg.eval_sequences, max(1, len(seqs) // 4))
+    return [seqs[i] for i in order[n_held:]], [seqs[i] for i in order[:n_held]]
 
 
 def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random) -> Batch:
@@ -156,14 +159,14 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progr
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = make_batch(rng.sample(train_set, cfg.batch), cfg, rng)
+        batch = make_batch(rng.sample(train_set, min(cfg.batch, len(train_set))), cfg, rng)
         loss, hits, counted = drafter.loss(engine, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits[:, 0].sum() / counted.sum().clamp(min=1)):.2f}")
-    return {"config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
+    return {"train_config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
             "loss_curve": losses[:: max(1, len(losses) // 100)], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "heldout_topk_before": before, "heldout_topk": (after := evaluate(drafter, engine, held, cfg)),
             "heldout_top1": [row[0] for row in after],
@@ -194,15 +197,16 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(path)), json.loads(sidecar.read_text())
 
 
-def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str, progress: bool = True) -> Path:
+def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str, progress: bool = True,
+                   path: Path | None = None) -> Path:
     """Train the drafter `build(engine)` on the self-distillation corpus of `lm` and write
-    methods/checkpoints/<model>/<name>.safetensors + its sidecar."""
+    `path` (default methods/checkpoints/<model>/<name>.safetensors) + its JSON sidecar."""
     engine = Engine(lm.model)
     seqs = load_corpus(lm, corpus, progress)
     torch.manual_seed(cfg.seed)
     module = build(engine).to(engine.device, engine.dtype)
     record = train(module, engine, seqs, cfg, progress=progress)
-    path = CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
+    path = path or CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
     save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),
                                    "data": corpus_summary(corpus, seqs), **record})
     return path

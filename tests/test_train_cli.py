@@ -1,0 +1,44 @@
+"""`spec-harness train` / `analyze` end to end on a tiny model: corpus, training, artifacts, runs."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+
+TINY_TRAIN = ["--train-steps", "3", "--batch", "2", "--positions", "4", "--per-source", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEC_HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_train_firp_writes_weights_and_sidecar_then_runs(tiny_model_dir, isolated_cache):
+    out = isolated_cache / "firp-tiny.safetensors"
+    res = CliRunner().invoke(main, ["train", "firp", "--model", str(tiny_model_dir), "--layers", "1,2",
+                                    "--out", str(out), *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["config"] == {"layers": [1, 2], "steps": 2, "mask": "serial", "source": "previous"}
+    assert side["data"]["splits"].startswith("training only") and side["data"]["sequences"] == 4
+    assert len(side["heldout_topk"]) == 2 and side["train_seconds"] >= 0
+    run = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--methods", "firp", "--datasets", "gsm8k",
+                                    "--num-samples", "1", "--max-new-tokens", "6", "--no-warmup",
+                                    "--out", str(isolated_cache / "run"), "--method-arg", f"firp.checkpoint={out}",
+                                    "--method-arg", "firp.tree=chain-2"])
+    assert run.exit_code == 0, run.output
+    assert "100%" in run.output  # lossless
+
+
+def test_train_medusa_and_missing_weights_message(tiny_model_dir, isolated_cache):
+    out = isolated_cache / "medusa-tiny.safetensors"
+    res = CliRunner().invoke(main, ["train", "medusa", "--model", str(tiny_model_dir), "--heads", "2",
+                                    "--out", str(out), *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["heads"] == 2
+    run = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--methods", "medusa",
+                                    "--out", str(isolated_cache / "run2")])
+    assert run.exit_code == 2 and "spec-harness train medusa" in run.output
