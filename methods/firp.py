@@ -25,10 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness.drafter import TreeDrafter, tree_options
 from harness.engine import Engine, KVCache, PrefixKV
-from harness.method import Method, MethodError, Option
 from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
-from harness.tree import Tree, TreeShape, resolve_tree
+from harness.tree import Tree
 
 # Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/<model>.json):
 # step 1 at the layer with the best held-out step-1 accuracy, later steps one layer deeper each, so
@@ -123,41 +123,29 @@ class PseudoChains(nn.Module):
 
 
 def load_chains(engine: Engine, path: Path) -> tuple[PseudoChains, dict]:
+    """A trained FIRP module and its sidecar (for the analyses)."""
     state, sidecar = load_checkpoint(path)
-    cfg = sidecar["config"]
-    chains = PseudoChains(engine.hidden_size, tuple(cfg["layers"]), cfg["mask"] == "serial", cfg["source"])
+    chains = FIRP.build_module(engine, sidecar["config"])
     chains.load_state_dict(state)
     return chains.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
 
 
-class FIRP(Method):
+class FIRP(TreeDrafter):
     name = "firp"
     summary = "FIRP: pseudo hidden states of future tokens at intermediate layers, tree-verified"
     weights_file = "firp.safetensors"
-    options = (
-        Option("checkpoint", "str", "firp", "checkpoint name under methods/checkpoints/<model>/ or a path"),
-        Option("tree", "str", "small", "draft tree: chain, chain-N, tiny, small, or paths '0;1;0.0'"),
-    )
+    options = tree_options("firp", "chain, chain-N, tiny, small")
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
-        self.weights = self.weights_path()
-        self.chains, self.sidecar = load_chains(engine, self.weights)
-        try:
-            self.shape = TreeShape(resolve_tree(self.config["tree"], self.chains.steps), engine.device)
-        except ValueError as err:
-            raise MethodError(f"firp.tree: {err}") from None
-        if self.shape.depth > self.chains.steps:
-            raise MethodError(f"firp.tree is {self.shape.depth} deep but the checkpoint drafts {self.chains.steps} steps")
+        self.chains = self.module
         self.steps = self.shape.depth  # chains only as long as the tree needs
         self._memo: dict = {}
-        self._pseudo = self._offset = self._candidates = None
+        self._pseudo = self._offset = None
 
-    def describe(self) -> dict:
-        out = super().describe()
-        out.update(weights=str(self.weights), chains=self.chains.config(), tree_nodes=self.shape.size - 1,
-                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
-        return out
+    @staticmethod
+    def build_module(engine: Engine, config: dict) -> PseudoChains:
+        return PseudoChains(engine.hidden_size, tuple(config["layers"]), config["mask"] == "serial", config["source"])
 
     def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""
@@ -191,9 +179,5 @@ class FIRP(Method):
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
         node = int(path[-1]) - self._offset
-        drafts = self.engine.logits(self._pseudo[:, node])  # [K, V]
-        self._candidates = drafts.topk(max(1, self.shape.topk), dim=-1).indices
-
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        return self.shape.build(root, self._candidates)
+        self.set_candidates(self.engine.logits(self._pseudo[:, node]))  # [K, V]
 

@@ -9,15 +9,14 @@ Drafts for the next step come from the heads on the accepted node's hidden state
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from harness.engine import Engine, KVCache
-from harness.method import Method, MethodError, Option
-from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
-from harness.tree import Tree, TreeShape, resolve_tree
+from harness.drafter import TreeDrafter, tree_options
+from harness.engine import Engine
+from harness.method import MethodError
+from harness.training import Batch, gather_rows, step_losses, teacher_pass
+from harness.tree import Tree
 
 
 class MedusaHeads(nn.Module):
@@ -73,46 +72,18 @@ class MedusaHeads(nn.Module):
         return step_losses(teacher, self(normed).transpose(0, 1), ok)  # heads: [K, B, m, V]
 
 
-def load_heads(engine: Engine, path: Path) -> tuple[MedusaHeads, dict]:
-    state, sidecar = load_checkpoint(path)
-    cfg = sidecar["config"]
-    heads = MedusaHeads(engine.hidden_size, cfg["heads"], engine.lm_head, cfg["separate_lm_head"])
-    heads.load_state_dict(state)
-    return heads.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
-
-
-class Medusa(Method):
+class Medusa(TreeDrafter):
     name = "medusa"
     summary = "Medusa: residual heads on the last hidden state, tree-verified"
     weights_file = "medusa.safetensors"
-    options = (
-        Option("checkpoint", "str", "medusa", "checkpoint name under methods/checkpoints/<model>/ or a path"),
-        Option("tree", "str", "small", "draft tree: chain, chain-N, tiny, small, medusa63, or paths '0;1;0.0'"),
-    )
+    options = tree_options("medusa", "chain, chain-N, tiny, small, medusa63")
 
-    def __init__(self, engine: Engine, model_key: str, **values):
-        super().__init__(engine, model_key, **values)
-        self.weights = self.weights_path()
-        self.heads, self.sidecar = load_heads(engine, self.weights)
-        try:
-            self.shape = TreeShape(resolve_tree(self.config["tree"], self.heads.steps), engine.device)
-        except ValueError as err:
-            raise MethodError(f"medusa.tree: {err}") from None
-        if self.shape.depth > self.heads.steps:
-            raise MethodError(f"medusa.tree is {self.shape.depth} deep but the checkpoint has {self.heads.steps} heads")
-        self._candidates = None
-
-    def describe(self) -> dict:
-        out = super().describe()
-        out.update(weights=str(self.weights), heads=self.heads.config(), tree_nodes=self.shape.size - 1,
-                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
-        return out
+    @staticmethod
+    def build_module(engine: Engine, config: dict) -> MedusaHeads:
+        if config.get("layer") is not None:
+            raise MethodError("this checkpoint holds early-exit heads (an analysis artifact), not Medusa heads")
+        return MedusaHeads(engine.hidden_size, config["heads"], engine.lm_head, config["separate_lm_head"])
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
         normed = self.engine.norm(hidden[int(path[-1])])
-        logits = self.heads(normed)[: self.shape.depth]  # [depth, V]
-        self._candidates = logits.topk(max(1, self.shape.topk), dim=-1).indices
-
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        return self.shape.build(root, self._candidates)
-
+        self.set_candidates(self.module(normed)[: self.shape.depth])  # [depth, V]

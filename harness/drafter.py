@@ -1,0 +1,58 @@
+"""Base class of methods that draft a sparse candidate tree with a trained module (FIRP, Medusa):
+checkpoint loading, tree shape, candidates from per-step draft logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.engine import Engine, KVCache
+from harness.method import Method, MethodError, Option
+from harness.training import load_checkpoint
+from harness.tree import Tree, TreeShape, resolve_tree
+
+
+def tree_options(default_checkpoint: str, trees: str) -> tuple[Option, ...]:
+    return (
+        Option("checkpoint", "str", default_checkpoint, "checkpoint name under methods/checkpoints/<model>/ or a path"),
+        Option("tree", "str", "small", f"draft tree: {trees}, or paths '0;1;0.0'"),
+    )
+
+
+class TreeDrafter(Method):
+    """Subclasses define `build_module(engine, config) -> nn.Module` (with `.steps`, `.config()`)
+    and call `self.set_candidates(draft_logits)` from observe()."""
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.weights: Path = self.weights_path()
+        state, self.sidecar = load_checkpoint(self.weights)
+        module = self.build_module(engine, self.sidecar["config"])
+        module.load_state_dict(state)
+        self.module = module.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        try:
+            self.shape = TreeShape(resolve_tree(self.config["tree"], self.module.steps), engine.device)
+        except ValueError as err:
+            raise MethodError(f"{self.name}.tree: {err}") from None
+        if self.shape.depth > self.module.steps:
+            raise MethodError(f"{self.name}.tree is {self.shape.depth} deep but the checkpoint drafts "
+                              f"{self.module.steps} steps")
+        self._candidates: torch.Tensor | None = None
+
+    @staticmethod
+    def build_module(engine: Engine, config: dict) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(weights=str(self.weights), module=self.module.config(), tree_nodes=self.shape.size - 1,
+                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
+        return out
+
+    def set_candidates(self, draft_logits: torch.Tensor) -> None:
+        """draft_logits: [steps, V] -> the top-k candidates per step the tree shape needs."""
+        self._candidates = draft_logits.topk(max(1, self.shape.topk), dim=-1).indices
+
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        return self.shape.build(root, self._candidates)
