@@ -8,7 +8,9 @@ REGISTRY: dict[str, str] = {
     "ar": "methods.autoregressive:Autoregressive",
     "firp": "methods.firp:FIRP",
     "medusa": "methods.medusa:Medusa",
+    "self-spec": "methods.self_speculative:SelfSpeculative",
     "hf-generate": "methods.peers:HFGenerate",
+    "hf-early-exit": "methods.peers:HFEarlyExit",
 }
 
 BASELINE = "ar"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from harness.decoding import Decoded
-from harness.method import Method
+from harness.method import Method, MethodError, Option
 
 
 class HFGenerate(Method):
@@ -29,3 +29,25 @@ class HFGenerate(Method):
         out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None)
         out.stop = "eos" if out.output_ids and out.output_ids[-1] in eos_ids else "length"
         return out
+
+
+class HFEarlyExit(HFGenerate):
+    """transformers' layer-skip drafting: generate(assistant_early_exit=k), the first k layers
+    plus the LM head draft for the full model (the outside counterpart of self-spec)."""
+
+    name = "hf-early-exit"
+    summary = "transformers generate(assistant_early_exit=k): early-exit drafting (outside peer)"
+    options = (Option("layer", "int", 0, "exit after this many layers to draft (0 = half the model's depth)"),)
+
+    def __init__(self, engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        layer = self.config["layer"] or max(1, engine.num_layers // 2)
+        if not 1 <= layer <= engine.num_layers:
+            raise MethodError(f"hf-early-exit.layer: {layer} is not in 1..{engine.num_layers}")
+        self.layer = layer
+
+    def describe(self) -> dict:
+        return {**super().describe(), "exit_layer": self.layer}
+
+    def generate_kwargs(self) -> dict:
+        return {"assistant_early_exit": self.layer}
