@@ -33,18 +33,25 @@ def new_run_dir(root: Path = RESULTS_ROOT / "runs") -> Path:
     return path
 
 
-def prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run is continued (--resume) or replaced (--overwrite)."""
+def check_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse to mix runs: an existing run is continued (--resume) or replaced (--overwrite).
+    Raises before anything is loaded or written; returns whether `out` holds a run."""
     if resume and overwrite:
         raise ResultsError("--resume and --overwrite exclude each other")
     holds_run = (out / "manifest.json").exists() or (out / "records.jsonl").exists()
+    if holds_run and not (resume or overwrite):
+        raise ResultsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if resume and not holds_run:
+        raise ResultsError(f"--resume: {out} holds no run to continue")
+    return holds_run
+
+
+def prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """check_dir, then clear a run being replaced and create the directory."""
+    holds_run = check_dir(out, resume, overwrite)
     if holds_run and overwrite:
         for name in ("manifest.json", "records.jsonl", "summary.csv", "summary.md"):
             (out / name).unlink(missing_ok=True)
-    elif holds_run and not resume:
-        raise ResultsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    elif resume and not holds_run:
-        raise ResultsError(f"--resume: {out} holds no run to continue")
     out.mkdir(parents=True, exist_ok=True)
 
 

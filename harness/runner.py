@@ -72,12 +72,13 @@ class Runner:
         validate(cfg)
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out) if cfg.out else results.new_run_dir()
-        results.prepare_dir(self.out, cfg.resume, cfg.overwrite)
+        results.check_dir(self.out, cfg.resume, cfg.overwrite)
         torch.manual_seed(cfg.seed)
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype)
         self.engine = Engine(self.lm.model)
         self.names = method_order(cfg.methods)
         self.methods = build_methods(self.lm, self.engine, self.names, cfg.method_args)
+        results.prepare_dir(self.out, cfg.resume, cfg.overwrite)  # only once everything could be built
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
         self.cache: KVCache | None = None

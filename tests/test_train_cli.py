@@ -42,3 +42,4 @@ def test_train_medusa_and_missing_weights_message(tiny_model_dir, isolated_cache
     run = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--methods", "medusa",
                                     "--out", str(isolated_cache / "run2")])
     assert run.exit_code == 2 and "spec-harness train medusa" in run.output
+    assert not (isolated_cache / "run2").exists()  # nothing written for a run that could not start
