@@ -6,7 +6,13 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 BENCH_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 3 --max-new-tokens 64
 
-.PHONY: setup bench test test-fast clean
+# CI's small regression run: embedded model, few samples, few tokens, against a committed reference.
+# tau and lossless rate are compared exactly; speedup with a wide margin, since CI machines differ.
+CI_REF ?= results/reference/ci-small
+CI_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 2 --max-new-tokens 32 --no-telemetry
+CI_MARGIN ?= 0.5
+
+.PHONY: setup bench test test-fast ci-regress ci-reference clean
 
 setup: $(VENV)/.ready
 
@@ -27,6 +33,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not integration"
+
+ci-regress: setup
+	$(BIN)/spec-harness run $(CI_ARGS) --out build/ci-run --overwrite
+	$(BIN)/spec-harness regress build/ci-run --baseline $(CI_REF) --speedup-margin $(CI_MARGIN)
+
+ci-reference: setup   # regenerate the committed CI reference (after a deliberate change)
+	$(BIN)/spec-harness run $(CI_ARGS) --out $(CI_REF) --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info
