@@ -203,6 +203,22 @@ class Engine:
             ids = ids[None]
         ctx = self.context(positions, tree_mask, cache, start)
         h = self.run_layers(self.embed(ids), ctx, inserts=inserts)
-        self.counters.forwards += 1
-        self.counters.positions += h.shape[1]
+        self.count(h.shape[1])
         return h
+
+    def count(self, rows: int, forwards: int = 1) -> None:
+        """Book target work done outside `forward` (a method splitting one forward in parts)."""
+        self.counters.forwards += forwards
+        self.counters.positions += rows
+
+    def capture_pass(self, ids: torch.Tensor, capture: tuple[int, ...], cache: KVCache | None
+                     ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """A plain causal forward of ids [B, T] from slot 0 (not counted), keeping the hidden
+        states entering the `capture` layers: ({layer: [B, T, d]}, last-layer output [B, T, d])."""
+        B, T = ids.shape
+        ctx = self.context(torch.arange(T, device=self.device).expand(B, T), None, cache, start=0)
+        h, lo, hidden_at = self.embed(ids), 0, {}
+        for layer in sorted(set(capture)):
+            h = self.run_layers(h, ctx, lo, layer)
+            hidden_at[layer], lo = h, layer
+        return hidden_at, self.run_layers(h, ctx, lo)

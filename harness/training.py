@@ -90,15 +90,9 @@ class TeacherPass:
 
 @torch.no_grad()
 def teacher_pass(engine: Engine, ids: torch.Tensor, capture: tuple[int, ...] = ()) -> TeacherPass:
-    B, T = ids.shape
-    cache = engine.new_cache(T, batch=B)
-    ctx = engine.context(torch.arange(T).expand(B, T), None, cache, start=0)
-    h, lo, hidden_at = engine.embed(ids), 0, {}
-    for layer in sorted(set(capture)):
-        h = engine.run_layers(h, ctx, lo, layer)
-        hidden_at[layer], lo = h, layer
-    h = engine.run_layers(h, ctx, lo)
-    return TeacherPass(cache.buf, hidden_at, h)
+    cache = engine.new_cache(ids.shape[1], batch=ids.shape[0])
+    hidden_at, final = engine.capture_pass(ids, capture, cache)
+    return TeacherPass(cache.buf, hidden_at, final)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

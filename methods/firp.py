@@ -159,15 +159,19 @@ class FIRP(TreeDrafter):
         return self._memo[key][:2]
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        P, K, dev = ids.numel(), self.steps, self.engine.device
-        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril_()
-        top = torch.cat([causal, torch.zeros(P, K, dtype=torch.bool, device=dev)], 1)
-        mask = torch.cat([top, self.chains.chain_mask(causal[-1:], K)], 0)
-        positions = torch.cat([torch.arange(P, device=dev), P - 1 + torch.arange(1, K + 1, device=dev)])
-        inserts = self.chains.inserts(lambda layer, h: h[:, P - 1:P], 1, K)
-        h = self.engine.forward(ids, positions, mask, cache, inserts=inserts)[0]
-        self._pseudo, self._offset = h[P:].view(K, 1, -1), P - 1
-        return h[:P]
+        """The baseline's causal prefill, keeping the last prompt token's state at the insertion
+        layers; then that token's pseudo chain runs through the upper layers only, attending to
+        the complete prompt cache (its K/V slots are overwritten by the next verify). Booked as
+        one target forward of P + K rows."""
+        eng, P, K = self.engine, ids.numel(), self.steps
+        hidden_at, h = eng.capture_pass(ids[None], self.chains.layers[:K], cache)
+        eng.count(P + K)
+        chain = self.chains.chain_mask(torch.ones(1, 0, dtype=torch.bool, device=eng.device), K)  # [K, K]
+        ctx = eng.context(P - 1 + torch.arange(1, K + 1, device=eng.device), chain, cache, start=P)
+        inserts = self.chains.inserts(lambda layer, _h: hidden_at[layer][:, -1:], 1, K)
+        pseudo = eng.run_layers(h.new_zeros(1, 0, h.shape[-1]), ctx, self.chains.layers[0], inserts=inserts)
+        self._pseudo, self._offset = pseudo[0].view(K, 1, -1), P - 1
+        return h[0]
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
         n = tree.size
