@@ -126,6 +126,15 @@ def _register_train() -> None:
 _register_train()
 
 
+def _register_tune() -> None:
+    from harness.cli_tune import tune
+
+    main.add_command(tune)
+
+
+_register_tune()
+
+
 def _register_analysis() -> None:
     from harness.cli_analysis import COMMANDS
 

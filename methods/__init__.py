@@ -9,8 +9,10 @@ REGISTRY: dict[str, str] = {
     "firp": "methods.firp:FIRP",
     "medusa": "methods.medusa:Medusa",
     "self-spec": "methods.self_speculative:SelfSpeculative",
+    "lookahead": "methods.lookahead:Lookahead",
     "hf-generate": "methods.peers:HFGenerate",
     "hf-early-exit": "methods.peers:HFEarlyExit",
+    "hf-prompt-lookup": "methods.peers:HFPromptLookup",
 }
 
 BASELINE = "ar"

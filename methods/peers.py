@@ -51,3 +51,22 @@ class HFEarlyExit(HFGenerate):
 
     def generate_kwargs(self) -> dict:
         return {"assistant_early_exit": self.layer}
+
+
+class HFPromptLookup(HFGenerate):
+    """transformers' prompt-lookup drafting: generate(prompt_lookup_num_tokens=k) drafts the (up to)
+    k tokens that followed the first earlier occurrence of the context's last n-gram (n <= 2 by
+    default): string matching on the context, no draft model; the outside counterpart of
+    lookahead's n-gram pool."""
+
+    name = "hf-prompt-lookup"
+    summary = "transformers generate(prompt_lookup_num_tokens=k): prompt-lookup drafting (outside peer)"
+    options = (Option("tokens", "int", 10, "prompt_lookup_num_tokens: draft tokens per lookup"),)
+
+    def __init__(self, engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        if self.config["tokens"] < 1:
+            raise MethodError(f"hf-prompt-lookup.tokens: {self.config['tokens']} must be >= 1")
+
+    def generate_kwargs(self) -> dict:
+        return {"prompt_lookup_num_tokens": self.config["tokens"]}

@@ -1,0 +1,231 @@
+"""Lookahead decoding (Fu et al. 2024, "Break the Sequential Dependency of LLM Inference Using
+Lookahead Decoding", arXiv 2402.02057): training-free; every step runs two branches in ONE
+target forward.
+
+- Lookahead branch: a 2D window of Jacobi guesses, (N-1) levels x W columns. Token (l, i) stands
+  at offset i + l from the pending root; column 0 of level 0 is the root itself. The forward is
+  one Jacobi step for the newest level: the output of token (N-2, i) guesses offset i + N - 1.
+  Column i then reads as an n-gram of N consecutive guesses (levels 0..N-2, then the output),
+  which goes to the pool; the window drops its oldest level and takes the outputs as its newest.
+- Verification branch: the pool's n-grams that start with the pending root (at most G of them)
+  merged into a trie rooted at it; the shared loop accepts greedily, so decoding stays exact.
+
+Mask (the paper's Fig. 2b): window token (l, i) sees the committed prefix, the root, level 0's
+columns 1..i and its own column's levels 1..l: one token at every offset before its own, a
+complete (guessed) context. Tree rows see their ancestors only, never a window row. Window rows
+are written to KV slots after the tree rows; cache.keep keeps only the accepted tree path.
+
+Warm-up (as the paper's code): level 0 starts as W + N - 3 prompt tokens (seeded choice); each
+step until the window is full adds the outputs as a new level and drops one column from every
+level, so the levels stay aligned with the advancing root. The window always advances by one
+position per step, however many tokens were accepted (the paper's default). The pool is reset
+for every decoded turn.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from harness.engine import Engine, KVCache
+from harness.method import Method, MethodError, Option
+from harness.tree import Tree
+
+PRESETS: dict[str, tuple[int, int, int]] = {"published": (7, 5, 7)}  # (W, N, G) of the paper's 7B runs
+SIZES = ("window", "ngram", "guess")
+LOWEST = {"window": 1, "ngram": 2, "guess": 1}
+
+
+class NGramPool:
+    """n-grams keyed by their first token; at most `per_key` continuations per key, the most
+    recently added kept (adding an n-gram already there refreshes it)."""
+
+    def __init__(self, per_key: int):
+        self.per_key = per_key
+        self._grams: dict[int, dict[tuple[int, ...], None]] = {}  # first token -> tails, oldest first
+
+    def add(self, gram: Sequence[int]) -> None:
+        bucket = self._grams.setdefault(int(gram[0]), {})
+        tail = tuple(int(t) for t in gram[1:])
+        bucket.pop(tail, None)
+        bucket[tail] = None
+        if len(bucket) > self.per_key:
+            del bucket[next(iter(bucket))]
+
+    def lookup(self, first: int) -> list[tuple[int, ...]]:
+        """Continuations of `first` (n-grams without their first token), most recent first."""
+        return list(reversed(self._grams.get(first, {})))
+
+    def __len__(self) -> int:
+        return sum(map(len, self._grams.values()))
+
+
+class Window:
+    """The lookahead branch's Jacobi trajectory. levels[0] holds columns 1..C-1 of level 0 (column
+    0 is the pending root), levels[l >= 1] columns 0..C-1. Warm-up starts from level 0 alone over
+    C = W + N - 2 columns and ends with N - 1 levels over W columns."""
+
+    def __init__(self, width: int, ngram: int, seed_tokens: Sequence[int]):
+        if len(seed_tokens) != width + ngram - 3:
+            raise ValueError(f"level 0 needs {width + ngram - 3} seed tokens, got {len(seed_tokens)}")
+        self.ngram = ngram
+        self.levels: list[list[int]] = [list(seed_tokens)]
+
+    @property
+    def columns(self) -> int:
+        return len(self.levels[0]) + 1
+
+    @property
+    def full(self) -> bool:
+        return len(self.levels) == self.ngram - 1
+
+    def tokens(self) -> list[int]:
+        """The window rows in forward order: level 0 (columns 1..C-1), then each higher level."""
+        return [t for level in self.levels for t in level]
+
+    def advance(self, root: int, outputs: Sequence[int]) -> list[list[int]]:
+        """outputs: the greedy next token of the newest level's C columns (column 0 of a lone
+        level 0 is the root). Moves the window one position; returns the n-grams read off its
+        columns (only once the window is full)."""
+        stack = self.levels + [list(outputs)]
+        if not self.full:  # warm-up: one more level, one column fewer
+            self.levels = [row[1:] for row in stack]
+            return []
+        firsts = [root] + stack[0]
+        grams = [[firsts[i]] + [row[i] for row in stack[1:]] for i in range(self.columns)]
+        self.levels = [stack[1][1:]] + stack[2:]
+        return grams
+
+
+def window_layout(levels: int, columns: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets from the root [R] and visibility among the window rows [R, R] (row r may see s)
+    for `levels` levels over `columns` columns, rows ordered as Window.tokens()."""
+    level = [0] * (columns - 1) + [lv for lv in range(1, levels) for _ in range(columns)]
+    level = torch.tensor(level, dtype=torch.long)  # [R]
+    col = torch.tensor(list(range(1, columns)) + list(range(columns)) * (levels - 1), dtype=torch.long)  # [R]
+    earlier_base = (level[None, :] == 0) & (col[None, :] <= col[:, None])
+    own_column = (level[None, :] >= 1) & (level[None, :] <= level[:, None]) & (col[None, :] == col[:, None])
+    return (level + col).to(device), (earlier_base | own_column).to(device)
+
+
+def joint_mask(tree_mask: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
+    """[n, n] tree mask and [R, R] window mask -> [n + R, n + R]: tree rows first, window rows
+    see the root (row 0) besides their own window rows, tree rows never see the window."""
+    n, r = tree_mask.shape[0], window_mask.shape[0]
+    mask = torch.zeros(n + r, n + r, dtype=torch.bool, device=tree_mask.device)
+    mask[:n, :n] = tree_mask
+    mask[n:, 0] = True
+    mask[n:, n:] = window_mask
+    return mask
+
+
+def build_trie(root: int, grams: Sequence[Sequence[int]], limit: int, device: torch.device | str) -> Tree:
+    """The candidates (continuations of root) merged into a trie rooted at root, parents first;
+    a candidate that would take it past `limit` nodes is left out."""
+    tokens, parents, child = [root], [-1], {}  # child: (parent node, token) -> node
+    for gram in grams:
+        node, shared = 0, 0
+        while shared < len(gram) and (node, gram[shared]) in child:  # walk the common prefix
+            node = child[(node, gram[shared])]
+            shared += 1
+        if len(tokens) + len(gram) - shared > limit:
+            continue
+        for tok in gram[shared:]:
+            child[(node, tok)] = len(tokens)
+            tokens.append(tok)
+            parents.append(node)
+            node = len(tokens) - 1
+    return Tree.from_parents(torch.tensor(tokens, dtype=torch.long, device=device), parents)
+
+
+def resolve_sizes(config: dict, given: dict, name: str = "lookahead") -> tuple[int, int, int]:
+    """(W, N, G) from the options, the preset overriding the three; checked."""
+    preset = config["preset"]
+    if preset != "none":
+        if preset not in PRESETS:
+            raise MethodError(f"{name}.preset: {preset!r} is not one of none, {', '.join(PRESETS)}")
+        clash = [k for k in SIZES if k in given]
+        if clash:
+            raise MethodError(f"{name}.preset={preset} sets window, ngram and guess; drop {', '.join(clash)} "
+                              "or the preset")
+        config.update(zip(SIZES, PRESETS[preset]))
+    for key in SIZES:
+        if not isinstance(config[key], int) or config[key] < LOWEST[key]:
+            raise MethodError(f"{name}.{key}: {config[key]!r} must be an integer >= {LOWEST[key]}")
+    return config["window"], config["ngram"], config["guess"]
+
+
+class Lookahead(Method):
+    """Lookahead decoding on the shared loop: propose = trie of pooled n-grams, verify = one
+    forward over tree + window rows, observe = Jacobi step of the window and pool update."""
+
+    name = "lookahead"
+    summary = "Lookahead decoding: Jacobi window + n-gram pool, verified in the same forward (training-free)"
+    options = (
+        # chosen by the sweep (`spec-harness tune lookahead`): placeholders for a 2-core CPU until it runs
+        Option("window", "int", 4, "W: lookahead window width (future positions per Jacobi level)"),
+        Option("ngram", "int", 3, "N: n-gram size; the window keeps N-1 Jacobi levels"),
+        Option("guess", "int", 3, "G: n-grams kept per first token, all verified when it is the root"),
+        Option("preset", "str", "none", "named (W, N, G), overriding the three: published = (7, 5, 7)",
+               choices=("none", *PRESETS)),
+    )
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.width, self.ngram, self.guess = resolve_sizes(self.config, values)
+        self.pool = NGramPool(self.guess)
+        self.window: Window | None = None
+        self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._window_hidden: torch.Tensor | None = None  # [R, d] window rows of the last forward
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(window_rows=(self.ngram - 1) * self.width - 1, max_tree_nodes=1 + self.guess * (self.ngram - 1))
+        return out
+
+    # -- the decoding hooks ------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Also starts a new turn: empty pool, level 0 seeded from the prompt's tokens."""
+        prompt = ids.tolist()
+        seeds = random.Random(0).choices(prompt, k=self.width + self.ngram - 3)
+        self.window, self.pool = Window(self.width, self.ngram, seeds), NGramPool(self.guess)
+        self._window_hidden = None
+        return super().prefill(ids, cache)
+
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        return build_trie(root, self.pool.lookup(root), cache.max_len - cache.length, self.engine.device)
+
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets [R], window mask [R, R]) of the current window shape, built once per shape."""
+        key = (len(self.window.levels), self.window.columns)
+        if key not in self._layouts:
+            self._layouts[key] = window_layout(*key, self.engine.device)
+        return self._layouts[key]
+
+    def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
+        """Tree rows, then window rows, in one forward; returns hidden [n, d] of the tree rows."""
+        n, window = tree.size, self.window.tokens()
+        if n + len(window) > cache.max_len - cache.length:  # no room left: verify only, window waits
+            self._window_hidden = None
+            return super().verify(tree, cache)
+        offsets, window_mask = self.layout()
+        ids = torch.cat([tree.tokens, torch.tensor(window, dtype=torch.long, device=tree.tokens.device)])  # [N]
+        positions = cache.length + torch.cat([tree.depths, offsets])  # [N]
+        h = self.engine.forward(ids, positions, joint_mask(tree.mask, window_mask), cache)[0]  # [N, d]
+        self._window_hidden = h[n:]
+        return h[:n]
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
+        """Jacobi step of the newest level (logits of its C rows only); n-grams to the pool."""
+        if tree is None or self._window_hidden is None:
+            return
+        columns = self.window.columns
+        if len(self.window.levels) == 1:  # level 0 alone: its column 0 is the root, tree row 0
+            newest = torch.cat([hidden[:1], self._window_hidden])  # [C, d]
+        else:
+            newest = self._window_hidden[-columns:]  # [C, d]
+        outputs = self.engine.logits(newest).argmax(dim=-1).tolist()
+        for gram in self.window.advance(int(tree.tokens[0]), outputs):
+            self.pool.add(gram)
