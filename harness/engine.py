@@ -3,7 +3,9 @@ KV cache, and layer-level access (run a range of layers, skip sublayers, insert 
 
 The engine drives a transformers causal LM module by module (embeddings, decoder layers, final
 norm, LM head); it vendors no modeling code and patches nothing: it only hands the attention
-modules its own cache object, which implements the cache protocol (`update`).
+modules its own cache object, which implements the cache protocol (`update`), and switches sdpa
+attention to a variant that handles grouped K/V heads under a mask without copying them
+(harness/attention.py, registered through transformers' AttentionInterface).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
+
+from harness.attention import use_packed_attention
 
 Insert = Callable[[torch.Tensor], torch.Tensor]  # h: [B, c, d] -> new rows [B, m, d]
 
@@ -106,6 +110,7 @@ class Engine:
             if not hasattr(base, part):
                 raise TypeError(f"unsupported architecture {type(model).__name__}: no decoder.{part}")
         self.model = model
+        self.packed_attention = use_packed_attention(model)
         self.config = model.config
         self.embed_tokens = base.embed_tokens
         self.layers = base.layers

@@ -1,0 +1,38 @@
+"""Grouped-query attention for masked multi-row forwards without copying K/V.
+
+transformers' sdpa path repeats every K/V head for its query heads (`repeat_kv`) whenever a mask
+is given, which on a long context costs more than the attention itself on a CPU. Here the query
+heads that share a K/V head are folded into the row dimension instead, with the mask repeated to
+match: the same arithmetic, no K/V copy. It is registered under its own name through
+transformers' public AttentionInterface; without a mask it defers to the stock sdpa function.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+NAME = "spec_sdpa"
+
+
+def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """query: [B, H, n, D]; key/value: [B, H_kv, L, D]; attention_mask: [B|1, 1, n, L] bool."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if attention_mask is None or groups == 1 or attention_mask.shape[1] != 1 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    B, H, n, D = query.shape
+    packed = query.reshape(B, H // groups, groups * n, D)  # head h = kv * groups + r -> rows r * n + i
+    mask = attention_mask.repeat(1, 1, groups, 1)  # [B|1, 1, groups * n, L]
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(B, H, n, D).transpose(1, 2).contiguous(), None  # [B, n, H, D] as transformers expects
+
+
+def use_packed_attention(model: torch.nn.Module) -> bool:
+    """Switch a model using sdpa to the packed variant; returns whether it was switched."""
+    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
+        return False
+    AttentionInterface.register(NAME, packed_gqa_sdpa)
+    model.set_attn_implementation(NAME)
+    return True
