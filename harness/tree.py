@@ -121,9 +121,9 @@ def greedy_accept(tree: Tree, predicted: torch.Tensor) -> torch.Tensor:
 
 # Named sparse trees (paths over per-step top-k candidates), shared by FIRP and Medusa.
 NAMED_TREES: dict[str, list[Path]] = {
-    # 5 draft nodes: the top chain of 3 plus the runner-up at steps 1 and 2
+    # 5 draft nodes: the top chain of 3 plus the runner-up at steps 1 and 2 (the default on CPUs)
     "tiny": [(0,), (1,), (0, 0), (0, 1), (0, 0, 0)],
-    # 9 draft nodes, depth 3: the default for small models on CPUs (see results/ sweeps)
+    # 9 draft nodes, depth 3
     "small": [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0)],
     # Medusa paper's 63-node tree for Vicuna-7B ("mc_sim_7b_63" in FasterDecoding/Medusa), depth 4
     "medusa63": [
