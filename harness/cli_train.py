@@ -134,7 +134,7 @@ def analyze() -> None:
 
 
 @analyze.command("firp")
-@click.option("--layers", default="4..28:2", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
+@click.option("--layers", default="4..28:3", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
 @click.option("--firp", "firp_name", default="firp", show_default=True, help="FIRP checkpoint (name or path).")
 @click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
 @corpus_options
@@ -157,7 +157,7 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
 
 
 @analyze.command("layers")
-@click.option("--layers", default="4..28:2", show_default=True, help="'lo..hi[:step]' or a list.")
+@click.option("--layers", default="4..28:3", show_default=True, help="'lo..hi[:step]' or a list.")
 @corpus_options
 def analyze_layers_cmd(layers, out, **kw) -> None:
     """The layer sweep that picks FIRP's default layers: held-out step-1 top-k per insertion layer.
