@@ -4,13 +4,16 @@ transformers' sdpa path repeats every K/V head for its query heads (`repeat_kv`)
 is given, which on a long context costs more than the attention itself on a CPU. Here the query
 heads that share a K/V head are folded into the row dimension instead, with the mask repeated to
 match: the same arithmetic, no K/V copy. It is registered under its own name through
-transformers' public AttentionInterface; without a mask it defers to the stock sdpa function.
+transformers' public AttentionInterface, with sdpa's mask builder (without one, transformers
+builds no mask for an unknown name and `generate()` would attend wrongly); without a mask it
+defers to the stock sdpa function.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "spec_sdpa"
@@ -34,5 +37,6 @@ def use_packed_attention(model: torch.nn.Module) -> bool:
     if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
         return False
     AttentionInterface.register(NAME, packed_gqa_sdpa)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # else transformers builds no mask at all for it
     model.set_attn_implementation(NAME)
     return True
