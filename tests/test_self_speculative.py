@@ -11,6 +11,7 @@ import methods as registry
 from harness.cli import main
 from harness.decoding import decode
 from harness.method import MethodError
+from harness.skipsearch import starting_points
 from helpers import assert_cache_is_committed_sequence, assert_lossless
 from methods.autoregressive import Autoregressive
 from methods.peers import HFEarlyExit
@@ -138,6 +139,7 @@ def test_search_writes_an_artifact_the_method_runs(tiny_model_dir, tmp_path, mon
     art = json.loads(out.read_text())
     assert [t[1] for t in art["trials"]][0] == "none" and len(art["trials"]) == 5  # the empty set is trial 0
     assert SkipSet.parse(art["skip"]) == SkipSet(frozenset(art["skip_attn"]), frozenset(art["skip_mlp"]))
+    assert art["skip"] != "none" and "none" not in art["confirmed"]  # the reference is never the result
     assert all(0 <= i < art["num_layers"] == 3 for i in art["skip_attn"] + art["skip_mlp"])
     assert art["best"]["tokens_per_s"] > 0 and art["ar"]["tau"] == 1.0 and art["empty_set"]["acceptance"] == 1.0
     assert art["budget"]["trials"] == 5 and art["budget"]["prompts"] == 2 and art["seconds"] >= 0
@@ -148,6 +150,14 @@ def test_search_writes_an_artifact_the_method_runs(tiny_model_dir, tmp_path, mon
                                     "--out", str(tmp_path / "run"), "--method-arg", f"self-spec.checkpoint={out}"])
     assert run.exit_code == 0, run.output
     assert "100%" in run.output  # lossless
+
+
+def test_starting_points_are_the_empty_set_then_structured_sets():
+    points = starting_points(30)
+    assert len(points) == 5 and all(len(p) == 60 and set(p.values()) <= {0, 1} for p in points)
+    assert sum(points[0].values()) == 0  # the reference
+    assert [i for i in range(30) if points[1][f"m{i}"]] == list(range(15, 29, 2)) and not points[1]["a15"]
+    assert [i for i in range(30) if points[4][f"a{i}"] and points[4][f"m{i}"]] == list(range(18, 25))
 
 
 def test_hf_early_exit_peer_equals_the_baseline(engine):
