@@ -170,6 +170,7 @@ def confirm(study, run, engine: Engine, key: str, top: int) -> dict:
     for t in done:
         if t.user_attrs["skip"] != "none":  # the reference point, not a candidate
             search_value.setdefault(t.user_attrs["skip"], t.value)
+    reference = next((t.value for t in done if t.user_attrs["skip"] == "none"), None)
     candidates = list(search_value)[:max(1, top)]
     remeasured = {s: run(SelfSpeculative(engine, key, skip=s)).summary() for s in candidates}
     best = max(candidates, key=lambda s: remeasured[s]["tokens_per_s"])
@@ -181,7 +182,7 @@ def confirm(study, run, engine: Engine, key: str, top: int) -> dict:
             "objective": "tokens per second of decoding steps (drafting + verification), prefill excluded",
             "best": {**remeasured[best], "search_tokens_per_s": round(search_value[best], 3)},
             "speedup_over_ar": round(remeasured[best]["tokens_per_s"] / max(1e-9, ar["tokens_per_s"]), 3),
-            "empty_set": {**empty, "search_tokens_per_s": _rounded(search_value.get("none"))},
+            "empty_set": {**empty, "search_tokens_per_s": _rounded(reference)},
             "ar": ar, "confirmed": remeasured,
             "trials": [[round(t.value, 3), t.user_attrs["skip"]] for t in study.trials if t.value is not None]}
 
