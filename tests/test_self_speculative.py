@@ -142,6 +142,7 @@ def test_search_writes_an_artifact_the_method_runs(tiny_model_dir, tmp_path, mon
     assert art["skip"] != "none" and "none" not in art["confirmed"]  # the reference is never the result
     assert all(0 <= i < art["num_layers"] == 3 for i in art["skip_attn"] + art["skip_mlp"])
     assert art["best"]["tokens_per_s"] > 0 and art["ar"]["tau"] == 1.0 and art["empty_set"]["acceptance"] == 1.0
+    assert art["empty_set"]["search_tokens_per_s"] == art["trials"][0][0]
     assert art["budget"]["trials"] == 5 and art["budget"]["prompts"] == 2 and art["seconds"] >= 0
     assert art["budget"]["distinct_sets"] == len({t[1] for t in art["trials"]}) and art["ar"]["acceptance"] is None
     assert set(art["threshold"]) == {"threshold", "adaptive", "max_draft"} and "commit" in art
