@@ -77,9 +77,10 @@ def sidecar_topk(path: Path) -> list[list[float]] | None:
     return load_checkpoint(path)[1].get("heldout_topk") if path.exists() else None
 
 
-def analyze_firp(lm: LoadedModel, layers: list[int], firp_path: Path, medusa_path: Path,
+def analyze_firp(lm: LoadedModel, layers: list[int] | dict[int, float], firp_path: Path, medusa_path: Path,
                  corpus: CorpusConfig, cfg: TrainConfig, extra: dict[str, Path] | None = None) -> dict:
-    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict."""
+    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `layers`: the layers to
+    probe for Fig 5, or the step-1 accuracies per layer of an existing sweep (reused as they are)."""
     engine = Engine(lm.model)
     seqs = load_corpus(lm, corpus)
     chains, sidecar = load_chains(engine, firp_path)
@@ -92,7 +93,8 @@ def analyze_firp(lm: LoadedModel, layers: list[int], firp_path: Path, medusa_pat
     return {
         "model": lm.key,
         "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
-        "layer_sweep": {layer: row[0] for layer, row in layer_probe(engine, seqs, layers, cfg).items()},
+        "layer_sweep": layers if isinstance(layers, dict)
+        else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers, cfg).items()},
         "cosine": cosine_by_layer(engine, chains, held, cfg),
         "notes": (f"held-out: {len(held)} training-split sequences; FIRP checkpoint {firp_path.name} "
                   f"(layers {list(chains.layers)}); N = step + 1 (N=2 is the first draft token)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -137,8 +138,10 @@ def analyze() -> None:
 @click.option("--layers", default="4..28:3", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
 @click.option("--firp", "firp_name", default="firp", show_default=True, help="FIRP checkpoint (name or path).")
 @click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
+@click.option("--sweep", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Reuse the step-1 accuracies of a layer sweep (`analyze layers` JSON) for Fig 5 instead of --layers.")
 @corpus_options
-def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
+def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, out, **kw) -> None:
     """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5).
     --out: the JSON written (default results/analysis/<model>/analysis.json)."""
     from harness.analysis import analyze_firp
@@ -148,12 +151,22 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, out, **kw) -> None:
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
     extra = {"firp (parallel)": checkpoint_file(lm.key, "firp-parallel")}
-    result = analyze_firp(lm, _layer_range(layers), checkpoint_file(lm.key, firp_name),
+    probe = _layer_range(layers) if sweep is None else sweep_step1(sweep, lm.key)
+    result = analyze_firp(lm, probe, checkpoint_file(lm.key, firp_name),
                           checkpoint_file(lm.key, medusa_name), corpus, cfg, extra)
+    result["layer_sweep_source"] = str(sweep) if sweep else f"probed here ({layers})"
     out = out or RESULTS_ROOT / "analysis" / lm.key / "analysis.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"wrote {out}")
+
+
+def sweep_step1(path: Path, model_key: str) -> dict[int, float]:
+    """Step-1 top-1 per layer from a committed layer sweep, checked to be of this model."""
+    data = json.loads(path.read_text())
+    if data.get("model") != model_key or "topk_by_layer" not in data:
+        raise click.BadParameter(f"{path} is not a layer sweep of {model_key}", param_hint="--sweep")
+    return {int(layer): row[0] for layer, row in data["topk_by_layer"].items()}
 
 
 @analyze.command("layers")

@@ -43,3 +43,24 @@ def test_train_medusa_and_missing_weights_message(tiny_model_dir, isolated_cache
                                     "--out", str(isolated_cache / "run2")])
     assert run.exit_code == 2 and "spec-harness train medusa" in run.output
     assert not (isolated_cache / "run2").exists()  # nothing written for a run that could not start
+
+
+def test_analyze_firp_reuses_a_layer_sweep(tiny_model_dir, isolated_cache):
+    firp = isolated_cache / "firp-tiny.safetensors"
+    res = CliRunner().invoke(main, ["train", "firp", "--model", str(tiny_model_dir), "--layers", "1,2",
+                                    "--out", str(firp), *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
+    key = json.loads(firp.with_suffix(".json").read_text())["model"]
+    sweep = isolated_cache / "sweep.json"
+    sweep.write_text(json.dumps({"model": key, "topk_by_layer": {"1": [0.25, 0.5], "2": [0.75, 0.8]}}))
+    out = isolated_cache / "analysis.json"
+    args = ["analyze", "firp", "--model", str(tiny_model_dir), "--firp", str(firp), "--sweep", str(sweep),
+            "--out", str(out), *TINY_TRAIN]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["layer_sweep"] == {"1": 0.25, "2": 0.75} and result["layer_sweep_source"] == str(sweep)
+    assert "firp" in result["topk_accuracy"] and result["cosine"]
+    sweep.write_text(json.dumps({"model": "another-model", "topk_by_layer": {}}))
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "is not a layer sweep of" in res.output
