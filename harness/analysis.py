@@ -77,10 +77,11 @@ def sidecar_topk(path: Path) -> list[list[float]] | None:
     return load_checkpoint(path)[1].get("heldout_topk") if path.exists() else None
 
 
-def analyze_firp(lm: LoadedModel, layers: list[int] | dict[int, float], firp_path: Path, medusa_path: Path,
-                 corpus: CorpusConfig, cfg: TrainConfig, extra: dict[str, Path] | None = None) -> dict:
-    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `layers`: the layers to
-    probe for Fig 5, or the step-1 accuracies per layer of an existing sweep (reused as they are)."""
+def analyze_firp(lm: LoadedModel, layers: list[int], firp_path: Path, medusa_path: Path,
+                 corpus: CorpusConfig, cfg: TrainConfig, extra: dict[str, Path] | None = None,
+                 sweep: dict[int, float] | None = None) -> dict:
+    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `sweep`: step-1 top-1
+    per layer of an existing layer sweep, used for Fig 5 instead of probing `layers` again."""
     engine = Engine(lm.model)
     seqs = load_corpus(lm, corpus)
     chains, sidecar = load_chains(engine, firp_path)
@@ -93,7 +94,7 @@ def analyze_firp(lm: LoadedModel, layers: list[int] | dict[int, float], firp_pat
     return {
         "model": lm.key,
         "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
-        "layer_sweep": layers if isinstance(layers, dict)
+        "layer_sweep": sweep if sweep is not None
         else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers, cfg).items()},
         "cosine": cosine_by_layer(engine, chains, held, cfg),
         "notes": (f"held-out: {len(held)} training-split sequences; FIRP checkpoint {firp_path.name} "

@@ -151,9 +151,9 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, out, **kw) -> None:
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
     extra = {"firp (parallel)": checkpoint_file(lm.key, "firp-parallel")}
-    probe = _layer_range(layers) if sweep is None else sweep_step1(sweep, lm.key)
-    result = analyze_firp(lm, probe, checkpoint_file(lm.key, firp_name),
-                          checkpoint_file(lm.key, medusa_name), corpus, cfg, extra)
+    reused = None if sweep is None else sweep_step1(sweep, lm.key)
+    result = analyze_firp(lm, _layer_range(layers), checkpoint_file(lm.key, firp_name),
+                          checkpoint_file(lm.key, medusa_name), corpus, cfg, extra, sweep=reused)
     result["layer_sweep_source"] = str(sweep) if sweep else f"probed here ({layers})"
     out = out or RESULTS_ROOT / "analysis" / lm.key / "analysis.json"
     out.parent.mkdir(parents=True, exist_ok=True)

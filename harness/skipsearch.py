@@ -15,7 +15,8 @@ Trial 0 is the empty set (draft = target: every draft accepted, drafting at full
 reference point; it is never the result, since a draft that skips nothing is not self-speculative
 decoding. A few structured starting points follow (every other MLP or attention of the back half,
 a block of whole layers near 3/4 depth), because with 2 x num_layers binary variables a short
-search from random points rarely reaches a skip set large enough to pay. A skip set TPE proposes again is not decoded again (its first value is reused).
+search from random points rarely reaches a skip set large enough to pay. A skip set TPE
+proposes again is not decoded again (its first value is reused).
 The best value among many noisy trials is biased upwards, so the best few distinct skip sets are
 measured again at the end, next to the empty set and the autoregressive baseline (same metric),
 and the best re-measured one is written with all of these numbers. Timing is only meaningful on
@@ -116,7 +117,8 @@ def starting_points(num_layers: int) -> list[dict[str, int]]:
     """Trials enqueued before TPE samples: the empty set (reference), then structured skip sets."""
     L, half = num_layers, num_layers // 2
     back_other = set(range(half, L - 1, 2))  # every other layer of the back half, the last kept
-    block = set(range(L // 2 + L // 8, L // 2 + L // 8 + L // 4))  # L/4 whole layers near 3/4 depth
+    start = half + L // 8
+    block = set(range(start, start + L // 4))  # L/4 whole layers near 3/4 depth
     sets = [(set(), set()), (set(), back_other), (back_other, set()), (back_other, back_other), (block, block)]
     return [{**{f"a{i}": int(i in a) for i in range(L)}, **{f"m{i}": int(i in m) for i in range(L)}}
             for a, m in sets]
@@ -171,6 +173,8 @@ def confirm(study, run, engine: Engine, key: str, top: int) -> dict:
         if t.user_attrs["skip"] != "none":  # the reference point, not a candidate
             search_value.setdefault(t.user_attrs["skip"], t.value)
     reference = next((t.value for t in done if t.user_attrs["skip"] == "none"), None)
+    if not search_value:
+        raise ValueError("no skip set besides the empty reference was tried: use more than one trial")
     candidates = list(search_value)[:max(1, top)]
     remeasured = {s: run(SelfSpeculative(engine, key, skip=s)).summary() for s in candidates}
     best = max(candidates, key=lambda s: remeasured[s]["tokens_per_s"])
