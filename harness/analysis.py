@@ -4,8 +4,8 @@
 - top-k accuracy per draft step (Fig 3) of early-exit heads, Medusa heads and FIRP;
 - cosine similarity of pseudo and real hidden states per layer after insertion (Fig 4).
 
-All accuracies are measured on the same held-out part of the (training-split) corpus, so the
-predictors are comparable. Output: one analysis.json that `spec-harness figures` draws.
+All accuracies are measured on the same held-out sequences, answered by the model for
+training-split prompts that no drafter trained on, so the predictors are comparable. Output: one analysis.json that `spec-harness figures` draws.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from harness.distill import CorpusConfig, load_corpus
+from harness.distill import CorpusConfig, corpus_summary, load_corpus
 from harness.engine import Engine, PrefixKV
 from harness.modelload import LoadedModel
-from harness.training import TrainConfig, gather_rows, load_checkpoint, make_batch, split_corpus, teacher_pass, train
-from methods.firp import PseudoChains, load_chains
-from methods.medusa import MedusaHeads
+from harness.training import (TrainConfig, evaluate, gather_rows, load_checkpoint, make_batch, split_corpus,
+                              teacher_pass, train)
+from methods.firp import FIRP, PseudoChains
+from methods.medusa import Medusa, MedusaHeads
 
 
 def layer_probe(engine: Engine, seqs, layers: list[int], cfg: TrainConfig) -> dict[str, list[float]]:
@@ -73,31 +74,54 @@ def cosine_by_layer(engine: Engine, chains: PseudoChains, held, cfg: TrainConfig
     return out
 
 
-def sidecar_topk(path: Path) -> list[list[float]] | None:
-    return load_checkpoint(path)[1].get("heldout_topk") if path.exists() else None
+def load_drafter(engine: Engine, path: Path) -> tuple[torch.nn.Module, dict]:
+    """A trained FIRP or Medusa module and its sidecar, frozen."""
+    state, sidecar = load_checkpoint(path)
+    build = {"firp": FIRP.build_module, "medusa": Medusa.build_module}.get(sidecar.get("method"))
+    if build is None:
+        raise ValueError(f"{path} holds a {sidecar.get('method')!r} checkpoint; the analyses take FIRP or Medusa")
+    module = build(engine, sidecar["config"])
+    module.load_state_dict(state)
+    return module.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
 
 
-def analyze_firp(lm: LoadedModel, layers: list[int], firp_path: Path, medusa_path: Path,
-                 corpus: CorpusConfig, cfg: TrainConfig, extra: dict[str, Path] | None = None,
+def check_disjoint(corpus: CorpusConfig, sidecars: dict[str, dict]) -> None:
+    """The analysis prompts must be none that a drafter trained on (same splits, file order)."""
+    mine = corpus.prompt_range()
+    for name, side in sidecars.items():
+        skip = side["data"].get("skip", 0)
+        theirs = range(skip, skip + side["data"]["per_source"])
+        if max(mine.start, theirs.start) < min(mine.stop, theirs.stop):
+            raise ValueError(f"analysis prompts {mine.start}..{mine.stop - 1} overlap {name}'s training prompts "
+                             f"{theirs.start}..{theirs.stop - 1} (per split): pass --skip {theirs.stop} or more")
+
+
+def analyze_firp(lm: LoadedModel, firp_path: Path, medusa_path: Path, corpus: CorpusConfig, cfg: TrainConfig,
+                 extra: dict[str, Path] | None = None, layers: list[int] | None = None,
                  sweep: dict[int, float] | None = None) -> dict:
-    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `sweep`: step-1 top-1
-    per layer of an existing layer sweep, used for Fig 5 instead of probing `layers` again."""
+    """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `corpus`: training-split
+    prompts no drafter trained on; every predictor is scored on its same held-out part, and the
+    early-exit heads train on the rest. `sweep`: step-1 top-1 per layer of an existing layer
+    sweep, used for Fig 5 instead of probing `layers` again. Medusa and `extra` are optional."""
     engine = Engine(lm.model)
+    paths = {"firp": firp_path, **{k: p for k, p in {"medusa": medusa_path, **(extra or {})}.items() if p.exists()}}
+    drafters = {name: load_drafter(engine, path) for name, path in paths.items()}
+    check_disjoint(corpus, {name: side for name, (_, side) in drafters.items()})
     seqs = load_corpus(lm, corpus)
-    chains, sidecar = load_chains(engine, firp_path)
     _, held = split_corpus(seqs, cfg)
-    topk = {"firp": sidecar["heldout_topk"]}
-    for name, path in {"medusa": medusa_path, **(extra or {})}.items():
-        if (found := sidecar_topk(path)) is not None:
-            topk[name] = found
+    chains = drafters["firp"][0]
+    topk = {name: evaluate(module, engine, held, cfg) for name, (module, _) in drafters.items()}
     topk[f"early-exit (layer {chains.layers[0]})"] = early_exit_topk(engine, seqs, chains.layers[0], chains.steps, cfg)
+    first, last = corpus.prompt_range()[0], corpus.prompt_range()[-1]
     return {
         "model": lm.key,
         "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
         "layer_sweep": sweep if sweep is not None
-        else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers, cfg).items()},
+        else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers or [], cfg).items()},
         "cosine": cosine_by_layer(engine, chains, held, cfg),
-        "notes": (f"held-out: {len(held)} training-split sequences; FIRP checkpoint {firp_path.name} "
-                  f"(layers {list(chains.layers)}); N = step + 1 (N=2 is the first draft token)"),
+        "notes": (f"held-out: {len(held)} of {len(seqs)} sequences answered by the model for training-split "
+                  f"prompts {first}..{last} of each split, which no drafter trained on; FIRP checkpoint "
+                  f"{firp_path.name} (layers {list(chains.layers)}); N = step + 1 (N=2 is the first draft token)"),
         "training": {"steps": cfg.steps, "batch": cfg.batch, "positions": cfg.positions, "lr": cfg.lr},
+        "data": corpus_summary(corpus, seqs),
     }

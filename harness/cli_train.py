@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -140,9 +140,12 @@ def analyze() -> None:
 @click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
 @click.option("--sweep", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reuse the step-1 accuracies of a layer sweep (`analyze layers` JSON) for Fig 5 instead of --layers.")
+@click.option("--skip", type=int, default=None,
+              help="Prompts skipped per training split (default: past every drafter's training prompts).")
 @corpus_options
-def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, out, **kw) -> None:
-    """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5).
+def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, skip, out, **kw) -> None:
+    """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5),
+    on training-split prompts no drafter trained on (--per-source of them from --skip on).
     --out: the JSON written (default results/analysis/<model>/analysis.json)."""
     from harness.analysis import analyze_firp
     from harness.method import checkpoint_file
@@ -150,15 +153,29 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, out, **kw) -> None:
 
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
+    paths = [checkpoint_file(lm.key, n) for n in (firp_name, medusa_name)]
     extra = {"firp (parallel)": checkpoint_file(lm.key, "firp-parallel")}
+    corpus = replace(corpus, skip=_past_training(paths + list(extra.values())) if skip is None else skip)
     reused = None if sweep is None else sweep_step1(sweep, lm.key)
-    result = analyze_firp(lm, _layer_range(layers), checkpoint_file(lm.key, firp_name),
-                          checkpoint_file(lm.key, medusa_name), corpus, cfg, extra, sweep=reused)
+    try:
+        result = analyze_firp(lm, *paths, corpus, cfg, extra, layers=_layer_range(layers), sweep=reused)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
     result["layer_sweep_source"] = str(sweep) if sweep else f"probed here ({layers})"
     out = out or RESULTS_ROOT / "analysis" / lm.key / "analysis.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"wrote {out}")
+
+
+def _past_training(paths: list[Path]) -> int:
+    """The first prompt row (per split) after every existing checkpoint's training prompts."""
+    ends = [0]
+    for sidecar in (p.with_suffix(".json") for p in paths):
+        if sidecar.exists():
+            data = json.loads(sidecar.read_text()).get("data", {})
+            ends.append(data.get("skip", 0) + data.get("per_source", 0))
+    return max(ends)
 
 
 def sweep_step1(path: Path, model_key: str) -> dict[int, float]:

@@ -137,12 +137,11 @@ def chat_prompt(tokenizer, turns: list[str], answers: list[str]) -> list[int]:
     return tokenizer(text).input_ids
 
 
-def training_prompts(limit_per_source: int | None = None) -> list[tuple[str, str]]:
+def training_prompts(limit_per_source: int | None = None, skip: int = 0) -> list[tuple[str, str]]:
     """(source, user prompt) pairs from the training splits only: GSM8K train questions and
-    XSum validation documents. Never reads an evaluation file."""
-    gsm, xsum = _training_rows("gsm8k"), _training_rows("xsum")
-    gsm = gsm[:limit_per_source] if limit_per_source else gsm
-    xsum = xsum[:limit_per_source] if limit_per_source else xsum
+    XSum validation documents, from row `skip` on in file order. Never reads an evaluation file."""
+    end = skip + limit_per_source if limit_per_source else None
+    gsm, xsum = _training_rows("gsm8k")[skip:end], _training_rows("xsum")[skip:end]
     out = [("gsm8k-train", GSM8K_INSTRUCTION.format(question=r["question"])) for r in gsm]
     out += [("xsum-validation", XSUM_INSTRUCTION.format(document=r["document"])) for r in xsum]
     return out

@@ -25,6 +25,11 @@ class CorpusConfig:
     answer_tokens: int = 160  # greedy answer budget
     max_prompt_tokens: int = 640  # longer prompts keep their last tokens
     batch: int = 16
+    skip: int = 0  # prompts skipped at the start of each split (an analysis corpus disjoint from training)
+
+    def prompt_range(self) -> range:
+        """Row indices read from each training split."""
+        return range(self.skip, self.skip + self.per_source)
 
 
 @dataclass
@@ -35,7 +40,8 @@ class Sequence:
 
 
 def corpus_path(lm: LoadedModel, cfg: CorpusConfig) -> Path:
-    tag = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    fields = {k: v for k, v in asdict(cfg).items() if k != "skip" or v}  # skip=0: tags of older caches hold
+    tag = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     return cache_root() / "distill" / lm.key / f"corpus-{tag}.jsonl"
 
 
@@ -51,7 +57,7 @@ def load_corpus(lm: LoadedModel, cfg: CorpusConfig, progress: bool = True) -> li
 def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bool = True) -> None:
     tok, model = lm.tokenizer, lm.model
     prompts = [(src, chat_prompt(tok, [text], [])[-cfg.max_prompt_tokens:])
-               for src, text in training_prompts(cfg.per_source)]
+               for src, text in training_prompts(cfg.per_source, cfg.skip)]
     prompts.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
     eos = tok.eos_token_id
     rows = []

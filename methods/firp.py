@@ -19,7 +19,6 @@ These are training-time choices, stored in the checkpoint's sidecar; a run picks
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from harness.drafter import TreeDrafter, tree_options
 from harness.engine import Engine, KVCache, PrefixKV
-from harness.training import Batch, gather_rows, load_checkpoint, step_losses, teacher_pass
+from harness.training import Batch, gather_rows, step_losses, teacher_pass
 from harness.tree import Tree
 
 # Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/<model>.json):
@@ -120,14 +119,6 @@ class PseudoChains(nn.Module):
         real_at = lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang)  # noqa: E731
         h = engine.run_layers(h, ctx, self.layers[0], inserts=self.inserts(real_at, m))
         return step_losses(teacher.view(B, K, m, -1), engine.logits(h).view(B, K, m, -1), ok)
-
-
-def load_chains(engine: Engine, path: Path) -> tuple[PseudoChains, dict]:
-    """A trained FIRP module and its sidecar (for the analyses)."""
-    state, sidecar = load_checkpoint(path)
-    chains = FIRP.build_module(engine, sidecar["config"])
-    chains.load_state_dict(state)
-    return chains.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
 
 
 class FIRP(TreeDrafter):

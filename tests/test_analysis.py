@@ -2,7 +2,11 @@
 
 import random
 
-from harness.analysis import cosine_by_layer, layer_probe
+import pytest
+
+from harness.analysis import check_disjoint, cosine_by_layer, layer_probe
+from harness.data import training_prompts
+from harness.distill import CorpusConfig
 from harness.training import TrainConfig, gather_rows, make_batch, teacher_pass
 from helpers import random_sequences
 from methods.firp import PseudoChains
@@ -41,3 +45,19 @@ def test_cosine_is_one_when_the_pseudo_state_is_the_real_next_state(engine):
     oracle.next_state = gather_rows(tp.hidden_at[2], (batch.hang + 1).clamp(max=batch.ids.shape[1] - 1))
     result = cosine_by_layer(engine, oracle, seqs, CFG)
     assert all(abs(v - 1.0) < 1e-4 for v in result["step 1"].values()), result
+
+
+def test_analysis_prompts_must_be_disjoint_from_training_prompts():
+    trained = {"firp": {"data": {"per_source": 800}}, "medusa": {"data": {"per_source": 100, "skip": 900}}}
+    check_disjoint(CorpusConfig(per_source=100, skip=800), trained)  # rows 800..899: nobody trained there
+    with pytest.raises(ValueError, match="overlap medusa's training prompts 900..999"):
+        check_disjoint(CorpusConfig(per_source=101, skip=800), trained)
+    with pytest.raises(ValueError, match="overlap firp's"):
+        check_disjoint(CorpusConfig(per_source=10, skip=795), trained)
+
+
+def test_training_prompts_skip_reads_the_next_rows():
+    first, later = training_prompts(3), training_prompts(2, skip=1)
+    gsm = [text for src, text in first if src.startswith("gsm8k")]
+    assert [text for src, text in later if src.startswith("gsm8k")] == gsm[1:]
+    assert len(later) == 4 and {src for src, _ in later} == {"gsm8k-train", "xsum-validation"}

@@ -61,6 +61,9 @@ def test_analyze_firp_reuses_a_layer_sweep(tiny_model_dir, isolated_cache):
     result = json.loads(out.read_text())
     assert result["layer_sweep"] == {"1": 0.25, "2": 0.75} and result["layer_sweep_source"] == str(sweep)
     assert "firp" in result["topk_accuracy"] and result["cosine"]
+    assert result["data"]["skip"] == 2  # by default past the 2 prompts per split FIRP trained on
+    overlapping = CliRunner().invoke(main, [*args, "--skip", "1"])
+    assert overlapping.exit_code == 1 and "overlap firp's training prompts 0..1" in overlapping.output
     sweep.write_text(json.dumps({"model": "another-model", "topk_by_layer": {}}))
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "is not a layer sweep of" in res.output
