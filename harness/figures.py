@@ -210,7 +210,8 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
                        hatch="//", label="bound tau * c(1) / c(n)")
     _bar_labels(right, bounds)
     right.axhline(1.0, color="0.4", ls="--", lw=1)
-    right.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])])
+    right.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])], rotation=35, ha="right",
+                     rotation_mode="anchor", fontsize=8)
     right.set_ylabel(SPEEDUP_LABEL)
     right.set_ylim(0, max(data["bound"].max(), data["speedup_ci_high"].max()) * 1.25)
     right.legend(handles=[Patch(facecolor="0.55", label=bars.get_label()),
