@@ -5,7 +5,8 @@
 - cosine similarity of pseudo and real hidden states per layer after insertion (Fig 4).
 
 All accuracies are measured on the same held-out sequences, answered by the model for
-training-split prompts that no drafter trained on, so the predictors are comparable. Output: one analysis.json that `spec-harness figures` draws.
+training-split prompts that no drafter trained on, so the predictors are comparable.
+Output: one analysis.json that `spec-harness figures` draws.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from harness.distill import CorpusConfig, corpus_summary, load_corpus
+from harness.distill import CorpusConfig, corpus_summary, load_corpus, trained_rows
+from harness.drafter import load_frozen
 from harness.engine import Engine, PrefixKV
 from harness.modelload import LoadedModel
 from harness.training import (TrainConfig, evaluate, gather_rows, load_checkpoint, make_batch, split_corpus,
@@ -76,21 +78,18 @@ def cosine_by_layer(engine: Engine, chains: PseudoChains, held, cfg: TrainConfig
 
 def load_drafter(engine: Engine, path: Path) -> tuple[torch.nn.Module, dict]:
     """A trained FIRP or Medusa module and its sidecar, frozen."""
-    state, sidecar = load_checkpoint(path)
+    sidecar = load_checkpoint(path)[1]
     build = {"firp": FIRP.build_module, "medusa": Medusa.build_module}.get(sidecar.get("method"))
     if build is None:
         raise ValueError(f"{path} holds a {sidecar.get('method')!r} checkpoint; the analyses take FIRP or Medusa")
-    module = build(engine, sidecar["config"])
-    module.load_state_dict(state)
-    return module.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
+    return load_frozen(engine, path, build)
 
 
 def check_disjoint(corpus: CorpusConfig, sidecars: dict[str, dict]) -> None:
     """The analysis prompts must be none that a drafter trained on (same splits, file order)."""
     mine = corpus.prompt_range()
     for name, side in sidecars.items():
-        skip = side["data"].get("skip", 0)
-        theirs = range(skip, skip + side["data"]["per_source"])
+        theirs = trained_rows(side)
         if max(mine.start, theirs.start) < min(mine.stop, theirs.stop):
             raise ValueError(f"analysis prompts {mine.start}..{mine.stop - 1} overlap {name}'s training prompts "
                              f"{theirs.start}..{theirs.stop - 1} (per split): pass --skip {theirs.stop} or more")
@@ -112,7 +111,7 @@ def analyze_firp(lm: LoadedModel, firp_path: Path, medusa_path: Path, corpus: Co
     chains = drafters["firp"][0]
     topk = {name: evaluate(module, engine, held, cfg) for name, (module, _) in drafters.items()}
     topk[f"early-exit (layer {chains.layers[0]})"] = early_exit_topk(engine, seqs, chains.layers[0], chains.steps, cfg)
-    first, last = corpus.prompt_range()[0], corpus.prompt_range()[-1]
+    rows = corpus.prompt_range()
     return {
         "model": lm.key,
         "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
@@ -120,7 +119,7 @@ def analyze_firp(lm: LoadedModel, firp_path: Path, medusa_path: Path, corpus: Co
         else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers or [], cfg).items()},
         "cosine": cosine_by_layer(engine, chains, held, cfg),
         "notes": (f"held-out: {len(held)} of {len(seqs)} sequences answered by the model for training-split "
-                  f"prompts {first}..{last} of each split, which no drafter trained on; FIRP checkpoint "
+                  f"prompts {rows.start}..{rows.stop - 1} of each split, which no drafter trained on; FIRP checkpoint "
                   f"{firp_path.name} (layers {list(chains.layers)}); N = step + 1 (N=2 is the first draft token)"),
         "training": {"steps": cfg.steps, "batch": cfg.batch, "positions": cfg.positions, "lr": cfg.lr},
         "data": corpus_summary(corpus, seqs),

@@ -170,12 +170,10 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, skip, out, **kw) -> 
 
 def _past_training(paths: list[Path]) -> int:
     """The first prompt row (per split) after every existing checkpoint's training prompts."""
-    ends = [0]
-    for sidecar in (p.with_suffix(".json") for p in paths):
-        if sidecar.exists():
-            data = json.loads(sidecar.read_text()).get("data", {})
-            ends.append(data.get("skip", 0) + data.get("per_source", 0))
-    return max(ends)
+    from harness.distill import trained_rows
+
+    sidecars = [p.with_suffix(".json") for p in paths]
+    return max([0] + [trained_rows(json.loads(s.read_text())).stop for s in sidecars if s.exists()])
 
 
 def sweep_step1(path: Path, model_key: str) -> dict[int, float]:

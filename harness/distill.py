@@ -32,6 +32,12 @@ class CorpusConfig:
         return range(self.skip, self.skip + self.per_source)
 
 
+def trained_rows(sidecar: dict) -> range:
+    """The prompt rows (per split) a checkpoint trained on, from its sidecar's data summary."""
+    data = sidecar.get("data", {})
+    return range(data.get("skip", 0), data.get("skip", 0) + data.get("per_source", 0))
+
+
 @dataclass
 class Sequence:
     source: str

@@ -25,6 +25,14 @@ def tree_options(default_checkpoint: str, trees: str) -> tuple[Option, ...]:
     )
 
 
+def load_frozen(engine: Engine, path: Path, build) -> tuple[torch.nn.Module, dict]:
+    """The module `build(engine, sidecar config)` with the checkpoint's weights, frozen, and its sidecar."""
+    state, sidecar = load_checkpoint(path)
+    module = build(engine, sidecar["config"])
+    module.load_state_dict(state)
+    return module.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
+
+
 class TreeDrafter(Method):
     """Subclasses define `build_module(engine, config) -> nn.Module` (with `.steps`, `.config()`)
     and call `self.set_candidates(draft_logits)` from observe()."""
@@ -32,10 +40,7 @@ class TreeDrafter(Method):
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.weights: Path = self.weights_path()
-        state, self.sidecar = load_checkpoint(self.weights)
-        module = self.build_module(engine, self.sidecar["config"])
-        module.load_state_dict(state)
-        self.module = module.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        self.module, self.sidecar = load_frozen(engine, self.weights, self.build_module)
         try:
             self.shape = TreeShape(resolve_tree(self.config["tree"], self.module.steps), engine.device)
         except ValueError as err:
