@@ -12,6 +12,7 @@ Output: one analysis.json that `spec-harness figures` draws.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -85,6 +86,13 @@ def load_drafter(engine: Engine, path: Path) -> tuple[torch.nn.Module, dict]:
     return load_frozen(engine, path, build)
 
 
+def budget(train_config: dict, sequences: int | None) -> dict:
+    """How much training a predictor had: optimiser steps x sequences per step x drafted
+    positions per sequence, and the training sequences it drew from (Fig 3's fairness)."""
+    return {"steps": train_config.get("steps"), "batch": train_config.get("batch"),
+            "positions": train_config.get("positions"), "sequences": sequences}
+
+
 def check_disjoint(corpus: CorpusConfig, sidecars: dict[str, dict]) -> None:
     """The analysis prompts must be none that a drafter trained on (same splits, file order)."""
     mine = corpus.prompt_range()
@@ -110,11 +118,15 @@ def analyze_firp(lm: LoadedModel, firp_path: Path, medusa_path: Path, corpus: Co
     _, held = split_corpus(seqs, cfg)
     chains = drafters["firp"][0]
     topk = {name: evaluate(module, engine, held, cfg) for name, (module, _) in drafters.items()}
-    topk[f"early-exit (layer {chains.layers[0]})"] = early_exit_topk(engine, seqs, chains.layers[0], chains.steps, cfg)
+    early_exit = f"early-exit (layer {chains.layers[0]})"
+    topk[early_exit] = early_exit_topk(engine, seqs, chains.layers[0], chains.steps, cfg)
+    budgets = {name: budget(side.get("train_config", {}), side.get("train_sequences")) for name, (_, side) in drafters.items()}
+    budgets[early_exit] = budget(asdict(cfg), len(seqs) - len(held))
     rows = corpus.prompt_range()
     return {
         "model": lm.key,
         "topk_accuracy": {name: {str(step + 2): row for step, row in enumerate(rows)} for name, rows in topk.items()},
+        "training_budget": budgets,
         "layer_sweep": sweep if sweep is not None
         else {layer: row[0] for layer, row in layer_probe(engine, seqs, layers or [], cfg).items()},
         "cosine": cosine_by_layer(engine, chains, held, cfg),

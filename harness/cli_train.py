@@ -140,10 +140,12 @@ def analyze() -> None:
 @click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
 @click.option("--sweep", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reuse the step-1 accuracies of a layer sweep (`analyze layers` JSON) for Fig 5 instead of --layers.")
+@click.option("--also", "also", multiple=True,
+              help="Another FIRP or Medusa checkpoint scored alongside (repeatable; default: firp-parallel if trained).")
 @click.option("--skip", type=int, default=None,
               help="Prompts skipped per training split (default: past every drafter's training prompts).")
 @corpus_options
-def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, skip, out, **kw) -> None:
+def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **kw) -> None:
     """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5),
     on training-split prompts no drafter trained on (--per-source of them from --skip on).
     --out: the JSON written (default results/analysis/<model>/analysis.json)."""
@@ -154,7 +156,9 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, skip, out, **kw) -> 
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
     paths = [checkpoint_file(lm.key, n) for n in (firp_name, medusa_name)]
-    extra = {"firp (parallel)": checkpoint_file(lm.key, "firp-parallel")}
+    extra = {Path(n).stem: checkpoint_file(lm.key, n) for n in also or ("firp-parallel",)}
+    if also and (missing := [str(p) for p in extra.values() if not p.exists()]):
+        raise click.BadParameter(f"no checkpoint at {', '.join(missing)}", param_hint="--also")
     corpus = replace(corpus, skip=_past_training(paths + list(extra.values())) if skip is None else skip)
     reused = None if sweep is None else sweep_step1(sweep, lm.key)
     try:

@@ -222,9 +222,15 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     return _save(fig, out_dir, "costmodel", data, {"costmodel_curve": curve})
 
 
+ABLATION_PAIRS = (("firp:serial", "firp:parallel"), ("firp", "firp:parallel"))
+
+
 def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
-                       methods: tuple[str, str] = ("firp", "firp:parallel")) -> list[Path]:
-    """The mask ablation: tau and speedup per dataset, the two configurations side by side."""
+                       methods: tuple[str, str] | None = None) -> list[Path]:
+    """The mask ablation: tau and speedup per dataset, the two configurations side by side.
+    Default pair: firp:serial vs firp:parallel if the run has both, else firp vs firp:parallel."""
+    present = set(summary["method"])
+    methods = methods or next((p for p in ABLATION_PAIRS if set(p) <= present), ABLATION_PAIRS[-1])
     data = summary[summary["method"].isin(methods)][["method", "dataset", "tau", *SPEEDUP_COLS]]
     missing = [m for m in methods if m not in set(data["method"])]
     if missing:

@@ -27,9 +27,10 @@ def _integer_x(ax) -> None:
 def topk_accuracy(analysis: dict, out_dir: Path, steps=("2", "3", "4")) -> list[Path]:
     """Fig 3: top-1..top-5 accuracy of draft token N (N = 2 is the first draft token), per predictor."""
     acc = analysis["topk_accuracy"]
-    rows = [{"predictor": p, "N": int(n), "k": k + 1, "accuracy": v}
+    budgets = analysis.get("training_budget", {})
+    rows = [{"predictor": p, "label": _with_budget(p, budgets.get(p)), "N": int(n), "k": k + 1, "accuracy": v}
             for p, by_n in acc.items() for n, vals in by_n.items() if n in steps for k, v in enumerate(vals)]
-    data = pd.DataFrame(rows, columns=["predictor", "N", "k", "accuracy"])
+    data = pd.DataFrame(rows, columns=["predictor", "label", "N", "k", "accuracy"])
     present = [int(n) for n in steps if n in set(data["N"].astype(str))]
     if not present:
         note(f"fig3 skipped: topk_accuracy has none of N = {', '.join(steps)}")
@@ -41,16 +42,25 @@ def topk_accuracy(analysis: dict, out_dir: Path, steps=("2", "3", "4")) -> list[
         for i, p in enumerate(acc):
             sub = data[(data["predictor"] == p) & (data["N"] == n)]
             if len(sub):
-                ax.plot(sub["k"], sub["accuracy"], "-" + MARKERS[i % len(MARKERS)], color=cmap(i % 10), label=p)
+                ax.plot(sub["k"], sub["accuracy"], "-" + MARKERS[i % len(MARKERS)], color=cmap(i % 10),
+                        label=sub["label"].iloc[0])
         ax.set_title(f"N = {n}" + (" (first draft token)" if n == 2 else ""))
         ax.set_xlabel("k (top-k)")
         ax.set_xticks(range(1, 6))
         _percent_axis(ax)
     axes[0][0].set_ylabel("top-k accuracy (held-out positions)")
-    axes[0][-1].legend(title="predictor", loc="upper left", bbox_to_anchor=(1.02, 1))
+    title = "predictor" + (" [steps x batch x positions]" if budgets else "")
+    axes[0][-1].legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"Fig 3. Top-k accuracy of draft token N\n{_analysis_title(analysis)}", fontsize=12)
     fig.tight_layout()
     return _save(fig, out_dir, "fig3_topk_accuracy", data)
+
+
+def _with_budget(name: str, budget: dict | None) -> str:
+    """Legend entry: the predictor and its training budget, so unequal budgets are visible."""
+    if not budget or None in (budget.get("steps"), budget.get("batch"), budget.get("positions")):
+        return name
+    return f"{name} [{budget['steps']} x {budget['batch']} x {budget['positions']}]"
 
 
 def cosine_similarity(analysis: dict, out_dir: Path) -> list[Path]:

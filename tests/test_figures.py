@@ -21,6 +21,8 @@ ANALYSIS = {
                                "5": [.1, .1, .1, .1, .1]}},
     "cosine": {"step 1": {"3": 0.5, "4": 0.6}, "step 2": {"4": 0.4}},
     "layer_sweep": {"1": 0.2, "2": 0.35, "3": 0.3},
+    "training_budget": {"firp": {"steps": 450, "batch": 4, "positions": 160, "sequences": 1552},
+                        "medusa": {"steps": None, "batch": None, "positions": None, "sequences": None}},
     "notes": "synthetic",
 }
 
@@ -109,10 +111,22 @@ def test_analysis_figure_csvs_equal_the_json(analysis_json, tmp_path):
     for r in top.itertuples():
         assert r.accuracy == pytest.approx(ANALYSIS["topk_accuracy"][r.predictor][str(r.N)][r.k - 1])
     assert len(top) == 5 * (2 + 3 + 3)
+    labels = dict(zip(top["predictor"], top["label"]))  # the budget shows where it is known
+    assert labels == {"firp": "firp [450 x 4 x 160]", "medusa": "medusa", "early-exit (layer 2)": "early-exit (layer 2)"}
     cos = pd.read_csv(out / "fig4_cosine_by_layer.csv")
     assert {(r.variant, r.layer, r.cosine) for r in cos.itertuples()} == {("step 1", 3, 0.5), ("step 1", 4, 0.6), ("step 2", 4, 0.4)}
     sweep = pd.read_csv(out / "fig5_layer_sweep.csv")
     assert sweep["layer"].tolist() == [1, 2, 3] and sweep["top1_accuracy"].tolist() == [0.2, 0.35, 0.3]
+
+
+def test_ablation_prefers_an_explicit_serial_twin(tmp_path):
+    """A run with firp:serial and firp:parallel (an equal-budget pair) draws that pair, not firp."""
+    methods = {"ar": (1, 1.0, 0, 1), "firp": (3, 2.0, 3, 12), "firp:serial": (2, 1.6, 3, 12),
+               "firp:parallel": (2, 1.4, 3, 12)}
+    run = write_synthetic_run(tmp_path / "run", methods=methods)
+    figures.make_all(run, tmp_path / "figs")
+    drawn = pd.read_csv(tmp_path / "figs" / "ablation_serial_vs_parallel.csv")
+    assert set(drawn["method"]) == {"firp:serial", "firp:parallel"}
 
 
 def test_missing_inputs_skip_their_figure_with_a_note(tmp_path, capsys):

@@ -50,20 +50,30 @@ def test_analyze_firp_reuses_a_layer_sweep(tiny_model_dir, isolated_cache):
     res = CliRunner().invoke(main, ["train", "firp", "--model", str(tiny_model_dir), "--layers", "1,2",
                                     "--out", str(firp), *TINY_TRAIN])
     assert res.exit_code == 0, res.output
+    twin = isolated_cache / "firp-tiny-parallel.safetensors"
+    res = CliRunner().invoke(main, ["train", "firp", "--model", str(tiny_model_dir), "--layers", "1,2", "--mask", "parallel",
+                                    "--out", str(twin), *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
     key = json.loads(firp.with_suffix(".json").read_text())["model"]
     sweep = isolated_cache / "sweep.json"
     sweep.write_text(json.dumps({"model": key, "topk_by_layer": {"1": [0.25, 0.5], "2": [0.75, 0.8]}}))
     out = isolated_cache / "analysis.json"
     args = ["analyze", "firp", "--model", str(tiny_model_dir), "--firp", str(firp), "--sweep", str(sweep),
-            "--out", str(out), *TINY_TRAIN]
+            "--out", str(out), "--also", str(twin), *TINY_TRAIN]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["layer_sweep"] == {"1": 0.25, "2": 0.75} and result["layer_sweep_source"] == str(sweep)
-    assert "firp" in result["topk_accuracy"] and result["cosine"]
+    assert set(result["topk_accuracy"]) == {"firp", "firp-tiny-parallel", "early-exit (layer 1)"} and result["cosine"]
+    tiny = {"steps": 3, "batch": 2, "positions": 4}
+    trained_on = json.loads(twin.with_suffix(".json").read_text())["train_sequences"]
+    assert result["training_budget"]["firp-tiny-parallel"] == {**tiny, "sequences": trained_on}
+    assert result["training_budget"]["early-exit (layer 1)"]["steps"] == 3
     assert result["data"]["skip"] == 2  # by default past the 2 prompts per split FIRP trained on
     overlapping = CliRunner().invoke(main, [*args, "--skip", "1"])
     assert overlapping.exit_code == 1 and "overlap firp's training prompts 0..1" in overlapping.output
     sweep.write_text(json.dumps({"model": "another-model", "topk_by_layer": {}}))
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "is not a layer sweep of" in res.output
+    res = CliRunner().invoke(main, [*args, "--also", str(isolated_cache / "nope.safetensors")])
+    assert res.exit_code == 2 and "no checkpoint at" in res.output and "nope.safetensors" in res.output
