@@ -252,9 +252,17 @@ def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
     for ax in (a, b):
         ax.set_xlabel("dataset")
         ax.legend(loc="upper center", ncol=2)
-    fig.suptitle(f"Serial vs parallel pseudo-token mask ({methods[0]} vs {methods[1]})\n{setting(manifest)}", fontsize=12)
+    fig.suptitle(f"Serial vs parallel pseudo-token mask ({methods[0]} vs {methods[1]})"
+                 f"{_checkpoints_line(manifest, methods)}\n{setting(manifest)}", fontsize=12)
     fig.tight_layout()
     return _save(fig, out_dir, "ablation_serial_vs_parallel", data)
+
+
+def _checkpoints_line(manifest: dict, methods) -> str:
+    """'\ncheckpoints: a vs b' when the run named the methods' checkpoints, else ''."""
+    configs = manifest.get("method_configs", {})
+    names = [configs.get(m, {}).get("options", {}).get("checkpoint") for m in methods]
+    return f"\ncheckpoints: {' vs '.join(names)}" if all(names) else ""
 
 
 # -- everything ----------------------------------------------------------------------------

@@ -174,3 +174,9 @@ def test_cli_costmodel_writes_json(tiny_model_dir, tmp_path):
     data = json.loads(out.read_text())
     assert {"model", "device", "dtype", "hardware", "prefix", "n", "seconds", "ratio"} <= set(data)
     assert data["n"] == [1, 2, 4] and data["prefix"] == 8 and data["device"] == "cpu"
+
+
+def test_ablation_title_names_the_checkpoints_when_the_run_set_them():
+    configs = {"firp:serial": {"options": {"checkpoint": "a"}}, "firp:parallel": {"options": {"checkpoint": "b"}}}
+    assert figures._checkpoints_line({"method_configs": configs}, ("firp:serial", "firp:parallel")) == "\ncheckpoints: a vs b"
+    assert figures._checkpoints_line({"method_configs": configs}, ("firp", "firp:parallel")) == ""
