@@ -103,16 +103,15 @@ def check_disjoint(corpus: CorpusConfig, sidecars: dict[str, dict]) -> None:
                              f"{theirs.start}..{theirs.stop - 1} (per split): pass --skip {theirs.stop} or more")
 
 
-def analyze_firp(lm: LoadedModel, firp_path: Path, medusa_path: Path, corpus: CorpusConfig, cfg: TrainConfig,
-                 extra: dict[str, Path] | None = None, layers: list[int] | None = None,
-                 sweep: dict[int, float] | None = None) -> dict:
+def analyze_firp(lm: LoadedModel, firp_path: Path, others: dict[str, Path], corpus: CorpusConfig, cfg: TrainConfig,
+                 layers: list[int] | None = None, sweep: dict[int, float] | None = None) -> dict:
     """Everything `figures` needs for Figures 3-5, as a JSON-ready dict. `corpus`: training-split
     prompts no drafter trained on; every predictor is scored on its same held-out part, and the
     early-exit heads train on the rest. `sweep`: step-1 top-1 per layer of an existing layer
-    sweep, used for Fig 5 instead of probing `layers` again. Medusa and `extra` are optional."""
+    sweep, used for Fig 5 instead of probing `layers` again. `others`: label -> checkpoint of
+    the FIRP or Medusa predictors scored next to `firp_path`."""
     engine = Engine(lm.model)
-    paths = {"firp": firp_path, **{k: p for k, p in {"medusa": medusa_path, **(extra or {})}.items() if p.exists()}}
-    drafters = {name: load_drafter(engine, path) for name, path in paths.items()}
+    drafters = {name: load_drafter(engine, path) for name, path in {"firp": firp_path, **others}.items()}
     check_disjoint(corpus, {name: side for name, (_, side) in drafters.items()})
     seqs = load_corpus(lm, corpus)
     _, held = split_corpus(seqs, cfg)

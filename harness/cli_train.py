@@ -137,7 +137,7 @@ def analyze() -> None:
 @analyze.command("firp")
 @click.option("--layers", default="4..28:3", show_default=True, help="Prediction layers probed for Fig 5: 'lo..hi[:step]' or a list.")
 @click.option("--firp", "firp_name", default="firp", show_default=True, help="FIRP checkpoint (name or path).")
-@click.option("--medusa", "medusa_name", default="medusa", show_default=True, help="Medusa checkpoint (name or path).")
+@click.option("--medusa", "medusa_name", default=None, help="Medusa checkpoint (name or path; default: medusa if trained).")
 @click.option("--sweep", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reuse the step-1 accuracies of a layer sweep (`analyze layers` JSON) for Fig 5 instead of --layers.")
 @click.option("--also", "also", multiple=True,
@@ -155,14 +155,13 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
 
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
-    paths = [checkpoint_file(lm.key, n) for n in (firp_name, medusa_name)]
-    extra = {Path(n).stem: checkpoint_file(lm.key, n) for n in also or ("firp-parallel",)}
-    if also and (missing := [str(p) for p in extra.values() if not p.exists()]):
-        raise click.BadParameter(f"no checkpoint at {', '.join(missing)}", param_hint="--also")
-    corpus = replace(corpus, skip=_past_training(paths + list(extra.values())) if skip is None else skip)
+    firp = checkpoint_file(lm.key, firp_name)
+    asked = {**({"medusa": medusa_name} if medusa_name else {}), **{Path(n).stem: n for n in also}}
+    others = _scored_alongside(lm.key, asked, {"medusa": "medusa", **({} if also else {"firp-parallel": "firp-parallel"})})
+    corpus = replace(corpus, skip=_past_training([firp, *others.values()]) if skip is None else skip)
     reused = None if sweep is None else sweep_step1(sweep, lm.key)
     try:
-        result = analyze_firp(lm, *paths, corpus, cfg, extra, layers=_layer_range(layers), sweep=reused)
+        result = analyze_firp(lm, firp, others, corpus, cfg, layers=_layer_range(layers), sweep=reused)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     result["layer_sweep_source"] = str(sweep) if sweep else f"probed here ({layers})"
@@ -170,6 +169,18 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"wrote {out}")
+
+
+def _scored_alongside(model_key: str, asked: dict[str, str], defaults: dict[str, str]) -> dict[str, Path]:
+    """Label -> checkpoint of the predictors scored next to FIRP: those asked for (they must
+    exist) and the defaults not overridden that were trained."""
+    from harness.method import checkpoint_file
+
+    paths = {label: checkpoint_file(model_key, n) for label, n in {**defaults, **asked}.items()}
+    missing = [str(paths[label]) for label in asked if not paths[label].exists()]
+    if missing:
+        raise click.BadParameter(f"no checkpoint at {', '.join(missing)}", param_hint="--medusa/--also")
+    return {label: p for label, p in paths.items() if p.exists()}
 
 
 def _past_training(paths: list[Path]) -> int:

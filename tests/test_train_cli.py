@@ -77,3 +77,5 @@ def test_analyze_firp_reuses_a_layer_sweep(tiny_model_dir, isolated_cache):
     assert res.exit_code == 2 and "is not a layer sweep of" in res.output
     res = CliRunner().invoke(main, [*args, "--also", str(isolated_cache / "nope.safetensors")])
     assert res.exit_code == 2 and "no checkpoint at" in res.output and "nope.safetensors" in res.output
+    res = CliRunner().invoke(main, [*args, "--medusa", str(isolated_cache / "no-medusa.safetensors")])
+    assert res.exit_code == 2 and "no-medusa.safetensors" in res.output  # asked for, so not silently dropped
