@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.method import Method
+from harness.core.method import Method
 
 
 class Autoregressive(Method):

@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.drafter import TreeDrafter, tree_options
-from harness.engine import Engine, KVCache, PrefixKV
-from harness.training import Batch, gather_rows, step_losses, teacher_pass
-from harness.tree import Tree
+from harness.core.drafter import TreeDrafter, tree_options
+from harness.core.engine import Engine, KVCache, PrefixKV
+from harness.core.tree import Tree
+from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
 # Default insertion layers per model, from the layer sweep (results/firp-layer-sweep/<model>.json):
 # step 1 at the layer with the best held-out step-1 accuracy, later steps one layer deeper each, so

@@ -29,9 +29,9 @@ from typing import Sequence
 
 import torch
 
-from harness.engine import Engine, KVCache
-from harness.method import Method, MethodError, Option
-from harness.tree import Tree
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method, MethodError, Option
+from harness.core.tree import Tree
 
 PRESETS: dict[str, tuple[int, int, int]] = {"published": (7, 5, 7)}  # (W, N, G) of the paper's 7B runs
 SIZES = ("window", "ngram", "guess")
@@ -172,6 +172,13 @@ class Lookahead(Method):
         Option("preset", "str", "none", "named (W, N, G), overriding the three: published = (7, 5, 7)",
                choices=("none", *PRESETS)),
     )
+
+    PRESETS = PRESETS
+
+    @classmethod
+    def sizes(cls, values: dict) -> tuple[int, int, int]:
+        """(W, N, G) that these option values give; a MethodError when they are invalid."""
+        return resolve_sizes(cls.resolve_options(values), values)
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.drafter import TreeDrafter, tree_options
-from harness.engine import Engine
-from harness.method import MethodError
-from harness.training import Batch, gather_rows, step_losses, teacher_pass
-from harness.tree import Tree
+from harness.core.drafter import TreeDrafter, tree_options
+from harness.core.engine import Engine
+from harness.core.method import MethodError
+from harness.core.tree import Tree
+from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
 
 class MedusaHeads(nn.Module):

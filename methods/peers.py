@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.decoding import Decoded
-from harness.method import Method, MethodError, Option
+from harness.core.decoding import Decoded
+from harness.core.method import Method, MethodError, Option
 
 
 class HFGenerate(Method):

@@ -23,19 +23,11 @@ from pathlib import Path
 
 import torch
 
-from harness.engine import Engine, KVCache
-from harness.method import CHECKPOINT_ROOT, Method, MethodError, Option
-from harness.tree import Tree
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method, MethodError, Option
+from harness.core.tree import Tree
 
 ARTIFACT_NAME = "self-spec"
-
-
-def artifact_path(model_key: str, name: str) -> Path:
-    """A searched skip set given by name (methods/checkpoints/<model>/<name>.json) or by path."""
-    path = Path(name)
-    if path.suffix == ".json" or path.exists():
-        return path
-    return CHECKPOINT_ROOT / model_key / f"{name}.json"
 
 
 @dataclass(frozen=True)
@@ -149,7 +141,7 @@ class SelfSpeculative(Method):
         self.drafted = self.accepted = 0  # draft tokens verified / accepted, over the method's life
 
     def weights_path(self) -> Path:
-        path = artifact_path(self.model_key, self.config["checkpoint"])
+        path = self.artifact_path(self.model_key, self.config["checkpoint"])
         if not path.exists():
             raise MethodError(
                 f"self-spec: no searched skip set for model {self.model_key} at {path}; run "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 
 
 def tiny_config(vocab: int = 97, layers: int = 4) -> LlamaConfig:
@@ -41,7 +41,7 @@ def engine(tiny):
 
 @pytest.fixture(scope="session")
 def embedded_dir():
-    from harness.modelload import embedded_dir as conv
+    from harness.core.modelload import embedded_dir as conv
 
     return conv()
 
@@ -61,6 +61,6 @@ def tiny_model_dir(tmp_path_factory, embedded_dir):
 @pytest.fixture(scope="session")
 def real():
     """The embedded SmolLM2-135M-Instruct, fp32 on CPU."""
-    from harness.modelload import load_model
+    from harness.core.modelload import load_model
 
     return load_model("smollm2", device="cpu", dtype="float32")

@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from harness.decoding import decode
+from harness.core.decoding import decode
 from methods.autoregressive import Autoregressive
 
 
@@ -37,7 +37,7 @@ def assert_lossless(engine, method, prompts=3, max_new=40, eos=96):
 
 
 def random_sequences(n=24, length=48, vocab=97):
-    from harness.distill import Sequence
+    from harness.train.distill import Sequence
 
     return [Sequence("tiny", random.Random(i).choices(range(3, vocab), k=length), 4) for i in range(n)]
 

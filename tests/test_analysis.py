@@ -3,12 +3,12 @@
 import random
 
 import pytest
-
-from harness.analysis import check_disjoint, cosine_by_layer, layer_probe
-from harness.data import training_prompts
-from harness.distill import CorpusConfig
-from harness.training import TrainConfig, gather_rows, make_batch, teacher_pass
 from helpers import random_sequences
+
+from harness.analysis.analyses import check_disjoint, cosine_by_layer, layer_probe
+from harness.bench.data import training_prompts
+from harness.train.distill import CorpusConfig
+from harness.train.training import TrainConfig, gather_rows, make_batch, teacher_pass
 from methods.firp import PseudoChains
 
 CFG = TrainConfig(steps=4, batch=4, positions=8, max_len=64, lr=1e-2, warmup=1, eval_sequences=4)

@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.decoding import decode
+from harness.core.decoding import decode
 from methods.autoregressive import Autoregressive
 
 

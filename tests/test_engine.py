@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.tree import Tree, greedy_accept
+from harness.core.tree import Tree, greedy_accept
 
 
 def full_logits(model, ids):

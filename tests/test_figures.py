@@ -6,11 +6,11 @@ import json
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from harness import costmodel, figures
-from harness.cli import main
-from harness.runner import summary_of
 from helpers import write_synthetic_run
+
+from harness.analysis import costmodel, figures
+from harness.bench.runner import summary_of
+from harness.cli import main
 
 NS = [1, 2, 4, 8, 16, 32, 64]
 ANALYSIS = {

@@ -4,9 +4,14 @@ import random
 
 import pytest
 import torch
+from helpers import (
+    assert_cache_is_committed_sequence,
+    assert_lossless,
+    random_sequences,
+)
 
-from harness.training import TrainConfig, make_batch, save_checkpoint
-from helpers import assert_cache_is_committed_sequence, assert_lossless, random_sequences
+from harness.core.checkpoint import save_checkpoint
+from harness.train.training import TrainConfig, make_batch
 from methods.firp import FIRP, PseudoChains
 
 
@@ -69,7 +74,7 @@ def test_lossless_on_tiny_model_with_identity_and_at_last_layer(engine, tmp_path
 
 
 def test_training_reduces_kl(engine):
-    from harness.training import train
+    from harness.train.training import train
 
     torch.manual_seed(0)
     chains = PseudoChains(engine.hidden_size, (1, 2, 2))
@@ -87,7 +92,7 @@ def test_training_reduces_kl(engine):
 
 
 def test_bad_tree_and_missing_weights_are_clear(engine, tmp_path):
-    from harness.method import MethodError
+    from harness.core.method import MethodError
 
     with pytest.raises(MethodError, match="no trained weights"):
         FIRP(engine, "tiny", checkpoint=str(tmp_path / "none.safetensors"))

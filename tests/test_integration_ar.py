@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from harness.data import chat_prompt, load_samples
-from harness.decoding import decode
-from harness.engine import Engine
+from harness.bench.data import chat_prompt, load_samples
+from harness.core.decoding import decode
+from harness.core.engine import Engine
 from methods.autoregressive import Autoregressive
 
 pytestmark = pytest.mark.integration

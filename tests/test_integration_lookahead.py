@@ -2,12 +2,12 @@
 output, token for token, on real samples of all three datasets (first turn, 48 new tokens)."""
 
 import pytest
+from test_integration_ar import real_prompts
 
-from harness.decoding import decode
-from harness.engine import Engine
+from harness.core.decoding import decode
+from harness.core.engine import Engine
 from methods.autoregressive import Autoregressive
 from methods.lookahead import Lookahead
-from test_integration_ar import real_prompts
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,9 @@ method equals the autoregressive output, token for token, on real samples of all
 import pytest
 
 import methods as registry
-from harness.data import chat_prompt, load_samples
-from harness.decoding import decode
-from harness.engine import Engine
+from harness.bench.data import chat_prompt, load_samples
+from harness.core.decoding import decode
+from harness.core.engine import Engine
 from methods.autoregressive import Autoregressive
 
 pytestmark = pytest.mark.integration

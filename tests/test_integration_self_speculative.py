@@ -3,9 +3,9 @@ artifact needed) equals the autoregressive output, token for token, on real samp
 
 import pytest
 
-from harness.data import chat_prompt, load_samples
-from harness.decoding import decode
-from harness.engine import Engine
+from harness.bench.data import chat_prompt, load_samples
+from harness.core.decoding import decode
+from harness.core.engine import Engine
 from methods.autoregressive import Autoregressive
 from methods.self_speculative import SelfSpeculative
 

@@ -5,11 +5,11 @@ import random
 
 import pytest
 import torch
+from helpers import assert_cache_is_committed_sequence, assert_lossless
 
 import methods as registry
-from harness.decoding import decode
-from harness.method import MethodError
-from helpers import assert_cache_is_committed_sequence, assert_lossless
+from harness.core.decoding import decode
+from harness.core.method import MethodError
 from methods.autoregressive import Autoregressive
 from methods.lookahead import Lookahead, NGramPool, Window, build_trie
 from methods.peers import HFPromptLookup

@@ -4,9 +4,14 @@ import random
 
 import pytest
 import torch
+from helpers import (
+    assert_cache_is_committed_sequence,
+    assert_lossless,
+    random_sequences,
+)
 
-from harness.training import TrainConfig, make_batch, save_checkpoint, train
-from helpers import assert_cache_is_committed_sequence, assert_lossless, random_sequences
+from harness.core.checkpoint import save_checkpoint
+from harness.train.training import TrainConfig, make_batch, train
 from methods.medusa import Medusa, MedusaHeads
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness import metrics
+from harness.bench import metrics
 
 
 def rec(method, sid, tokens, wall, forwards, **kw):

@@ -5,12 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
-from harness import regress
-from harness.cli import main
-from harness.results import read_records
-from harness.runner import summary_of
 from helpers import write_synthetic_run
+
+from harness.bench import regress
+from harness.bench.results import read_records
+from harness.bench.runner import summary_of
+from harness.cli import main
 
 
 @pytest.fixture

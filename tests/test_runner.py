@@ -5,10 +5,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from harness import runner as runner_mod
+from harness.bench import runner as runner_mod
+from harness.bench.results import read_records
+from harness.bench.runner import RunConfig, Runner
 from harness.cli import main
-from harness.results import read_records
-from harness.runner import RunConfig, Runner
 
 
 def cfg(model_dir, out, **kw):

@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import assert_cache_is_committed_sequence, assert_lossless
 
 import methods as registry
 from harness.cli import main
-from harness.decoding import decode
-from harness.method import MethodError
-from harness.skipsearch import starting_points
-from helpers import assert_cache_is_committed_sequence, assert_lossless
+from harness.core.decoding import decode
+from harness.core.method import MethodError
+from harness.train.skipsearch import starting_points
 from methods.autoregressive import Autoregressive
 from methods.peers import HFEarlyExit
-from methods.self_speculative import ARTIFACT_NAME, SelfSpeculative, SkipSet, ThresholdRule, artifact_path
+from methods.self_speculative import SelfSpeculative, SkipSet, ThresholdRule
 
 PROMPT = [3, 1, 4, 1, 5, 9]
 
@@ -126,7 +126,7 @@ def test_skip_set_outside_the_model_and_missing_artifact(engine, tmp_path):
     other.write_text(json.dumps({"model": "another-model", "skip_attn": [1], "skip_mlp": []}))
     with pytest.raises(MethodError, match="searched for model another-model"):
         SelfSpeculative(engine, "tiny", checkpoint=str(other))
-    assert artifact_path("m", ARTIFACT_NAME) == SelfSpeculative.default_weights("m")  # what `list` looks for
+    assert SelfSpeculative.artifact_path("m", "self-spec") == SelfSpeculative.default_weights("m")  # what `list` looks for
 
 
 def test_search_writes_an_artifact_the_method_runs(tiny_model_dir, tmp_path, monkeypatch):

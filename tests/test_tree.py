@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.tree import TreeShape, chain_paths
+from harness.core.tree import TreeShape, chain_paths
 
 
 def test_shape_from_paths_parents_first_and_unique():

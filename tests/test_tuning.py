@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import harness.data
+import harness.bench.data
 from harness.cli import main
-from harness.tuning import parse_grid
+from harness.train.tuning import parse_grid
 
 
 def test_parse_grid():
@@ -24,7 +24,7 @@ def test_tune_lookahead_writes_csv_and_json_from_training_prompts_only(tiny_mode
     def no_test_files(name):
         raise AssertionError(f"tuning read the evaluation file of {name}")
 
-    monkeypatch.setattr(harness.data, "_local_rows", no_test_files)
+    monkeypatch.setattr(harness.bench.data, "_local_rows", no_test_files)
     res = CliRunner().invoke(main, ["tune", "lookahead", "--model", str(tiny_model_dir), "--device", "cpu",
                                     "--grid", "2x2x1,3x3x2", "--num-prompts", "2", "--max-new-tokens", "8",
                                     "--out", str(tmp_path)])

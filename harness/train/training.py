@@ -8,21 +8,20 @@ A drafter is an nn.Module with `loss(engine, batch) -> (loss, hits [K, TOPK], co
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from harness.distill import CorpusConfig, Sequence, corpus_summary, load_corpus
-from harness.engine import Engine
-from harness.method import CHECKPOINT_ROOT
+from harness.bench.results import git_info
+from harness.core.checkpoint import save_checkpoint
+from harness.core.engine import Engine
+from harness.core.method import CHECKPOINT_ROOT
+from harness.train.distill import CorpusConfig, Sequence, corpus_summary, load_corpus
 
 
 @dataclass(frozen=True)
@@ -167,30 +166,6 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progr
             "train_sequences": len(train_set), "heldout_sequences": len(held)}
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except OSError:
-        return None
-
-
-def save_checkpoint(path: Path, module: torch.nn.Module, sidecar: dict) -> None:
-    """Weights as safetensors, everything else (config, data, training record) as JSON beside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu().float() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
-    sidecar = {**sidecar, "weights": path.name, "commit": git_commit()}
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    sidecar = path.with_suffix(".json")
-    if not sidecar.exists():
-        raise FileNotFoundError(f"{sidecar} (the sidecar of {path}) is missing")
-    return load_file(str(path)), json.loads(sidecar.read_text())
-
-
 def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str, progress: bool = True,
                    path: Path | None = None) -> Path:
     """Train the drafter `build(engine)` on the self-distillation corpus of `lm` and write
@@ -202,5 +177,5 @@ def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str,
     record = train(module, engine, seqs, cfg, progress=progress)
     path = path or CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
     save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),
-                                   "data": corpus_summary(corpus, seqs), **record})
+                                   "data": corpus_summary(corpus, seqs), **record, "commit": git_info()["commit"]})
     return path

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from harness.data import extract_number
+from harness.bench.data import extract_number
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
+RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "new_tokens", "wall_time", "prefill_time",
                  "forwards", "accept_lengths", "draft_sizes", "positions", "output_ids", "output_text",
                  "lossless", "diverge_at", "rouge2", "correct", "telemetry")
@@ -111,8 +111,9 @@ class RecordWriter:
         self._f.close()
 
 
-def _git_commit() -> dict:
-    root = Path(__file__).resolve().parent.parent
+def git_info() -> dict:
+    """{commit, dirty} of the project's checkout (None where git cannot tell)."""
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -160,4 +161,4 @@ def library_versions() -> dict:
 def base_manifest(device: str) -> dict:
     return {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "hardware": hardware(device),
-            "libraries": library_versions(), "git": _git_commit()}
+            "libraries": library_versions(), "git": git_info()}

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.engine import KVCache
-from harness.method import Method
-from harness.tree import greedy_accept
+from harness.core.engine import KVCache
+from harness.core.method import Method
+from harness.core.tree import greedy_accept
 
 
 @dataclass

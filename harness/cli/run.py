@@ -1,4 +1,4 @@
-"""`spec-harness` (also `python -m harness`): list, setup, run, report."""
+"""`spec-harness list | setup | run | report`: the benchmark commands."""
 
 from __future__ import annotations
 
@@ -8,42 +8,13 @@ from pathlib import Path
 import click
 
 import methods as registry
-from harness.data import DATASETS, DataError
-from harness.method import MethodError
-from harness.modelload import DEFAULT_MODEL, ModelLoadError, model_key
-from harness.results import ResultsError
-
-USER_ERRORS = (MethodError, DataError, ModelLoadError, ResultsError, KeyError)
+from harness.bench.data import DATASETS
+from harness.bench.results import ResultsError
+from harness.cli.common import USER_ERRORS, csv, fail, parse_method_args
+from harness.core.modelload import DEFAULT_MODEL, ModelLoadError, model_key
 
 
-def _fail(err: Exception) -> None:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
-
-
-def parse_method_args(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """NAME.KEY=VALUE items -> {name: {key: value}} (values typed later by each method)."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        head, sep, value = item.partition("=")
-        name, dot, key = head.partition(".")
-        if not sep or not dot or not name or not key:
-            raise MethodError(f"--method-arg {item!r}: expected NAME.KEY=VALUE, e.g. firp.tree=chain")
-        out.setdefault(name, {})[key] = value
-    return out
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Benchmark speculative decoding methods behind one decode loop."""
-
-
-@main.command("list")
+@click.command("list")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model whose trained weights to look for.")
 def list_cmd(model: str) -> None:
     """Methods (with their options and trained weights) and datasets."""
@@ -60,18 +31,18 @@ def list_cmd(model: str) -> None:
     click.echo("datasets: " + ", ".join(DATASETS) + ", jsonl:PATH (fields: prompt, optional reference, id)")
 
 
-@main.command()
+@click.command()
 def setup() -> None:
     """Convert the embedded model (SmolLM2-135M-Instruct GGUF) once into the local cache."""
-    from harness.modelload import embedded_dir
+    from harness.core.modelload import embedded_dir
 
     try:
         click.echo(f"embedded model ready at {embedded_dir()}")
     except ModelLoadError as err:
-        _fail(err)
+        fail(err)
 
 
-@main.command()
+@click.command()
 @click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights); ar always runs as the baseline.")
 @click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, jsonl:PATH.")
 @click.option("--num-samples", type=int, default=10, show_default=True, help="First N samples of each dataset (file order).")
@@ -90,20 +61,20 @@ def setup() -> None:
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
         overwrite, seed, data_source, no_telemetry, no_warmup) -> None:
     """Decode every sample with the baseline and each method back to back; write a run directory."""
-    from harness.report import report
-    from harness.runner import RunConfig, Runner
+    from harness.bench.report import report
+    from harness.bench.runner import RunConfig, Runner
 
     try:
-        names = _csv(methods_)
+        names = csv(methods_)
         if "all" in names:
             names = [n for n in names if n != "all"] + registry.runnable(model_key(model))
-        cfg = RunConfig(methods=names, datasets=_csv(datasets), model=model, device=device, dtype=dtype,
+        cfg = RunConfig(methods=names, datasets=csv(datasets), model=model, device=device, dtype=dtype,
                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
                         method_args=parse_method_args(method_args), out=out, resume=resume, overwrite=overwrite,
                         telemetry=not no_telemetry, warmup=not no_warmup)
         runner = Runner(cfg)
     except USER_ERRORS as err:
-        _fail(err)
+        fail(err)
     click.echo(f"run directory: {runner.out}", err=True)
     try:
         runner.run()
@@ -111,47 +82,21 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
         click.echo(f"\ninterrupted: records so far are in {runner.out}; continue with --resume --out {runner.out}", err=True)
         sys.exit(130)
     except USER_ERRORS as err:
-        _fail(err)
+        fail(err)
     click.echo(report(runner.out))
     click.echo(f"\nwritten: {runner.out}/records.jsonl, summary.md, summary.csv")
 
 
-def _register_train() -> None:
-    from harness.cli_train import analyze, train
-
-    main.add_command(train)
-    main.add_command(analyze)
-
-
-_register_train()
-
-
-def _register_tune() -> None:
-    from harness.cli_tune import tune
-
-    main.add_command(tune)
-
-
-_register_tune()
-
-
-def _register_analysis() -> None:
-    from harness.cli_analysis import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_register_analysis()
-
-
-@main.command("report")
+@click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_cmd(run_dir: Path) -> None:
     """Method x dataset table of a run (also written as summary.md and summary.csv)."""
-    from harness.report import report
+    from harness.bench.report import report
 
     try:
         click.echo(report(run_dir))
     except ResultsError as err:
-        _fail(err)
+        fail(err)
+
+
+COMMANDS = (list_cmd, setup, run, report_cmd)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import load_run
-from harness.runner import summary_of
+from harness.bench.results import load_run
+from harness.bench.runner import summary_of
 
 DEFAULT_MARGIN = 0.05
 TAU_DIGITS = 9

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-from harness.engine import Engine, KVCache
-from harness.method import Method, MethodError, Option
-from harness.training import load_checkpoint
-from harness.tree import Tree, TreeShape, resolve_tree
-
+from harness.core.checkpoint import CheckpointError, load_checkpoint
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method, MethodError, Option
+from harness.core.tree import Tree, TreeShape, resolve_tree
 
 # Default tree: 'tiny' (5 draft nodes) had the best measured speedup for both FIRP and Medusa on
 # the tuning sets on a 2-core CPU, where every extra row costs (results/tuning/trees/summary.md).
@@ -25,11 +24,19 @@ def tree_options(default_checkpoint: str, trees: str) -> tuple[Option, ...]:
     )
 
 
-def load_frozen(engine: Engine, path: Path, build) -> tuple[torch.nn.Module, dict]:
-    """The module `build(engine, sidecar config)` with the checkpoint's weights, frozen, and its sidecar."""
-    state, sidecar = load_checkpoint(path)
-    module = build(engine, sidecar["config"])
-    module.load_state_dict(state)
+def load_frozen(engine: Engine, path: Path, build, kind: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The module `build(engine, sidecar config)` with the checkpoint's weights, frozen, and its
+    sidecar; a checkpoint that is corrupt, foreign (`kind`: the method it must be for) or does not
+    fit its own config is refused with CheckpointError."""
+    state, sidecar = load_checkpoint(path, kind)
+    try:
+        module = build(engine, sidecar["config"])
+        module.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        detail = f"config lacks {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise CheckpointError(f"{path} is not a valid {kind or 'drafter'} checkpoint: {detail}") from None
     return module.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
 
 
@@ -40,7 +47,7 @@ class TreeDrafter(Method):
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.weights: Path = self.weights_path()
-        self.module, self.sidecar = load_frozen(engine, self.weights, self.build_module)
+        self.module, self.sidecar = load_frozen(engine, self.weights, self.build_module, self.name)
         try:
             self.shape = TreeShape(resolve_tree(self.config["tree"], self.module.steps), engine.device)
         except ValueError as err:

@@ -8,22 +8,15 @@ from pathlib import Path
 
 import click
 
-from harness.modelload import DEFAULT_MODEL
+from harness.cli.common import USER_ERRORS, fail
+from harness.core.modelload import DEFAULT_MODEL
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _user_errors():
-    from harness.cli import USER_ERRORS
-
     return (*USER_ERRORS, ValueError, OSError)
-
-
-def _fail(err: Exception) -> None:
-    from harness.cli import _fail as fail
-
-    fail(err)
 
 
 @click.command()
@@ -36,12 +29,12 @@ def _fail(err: Exception) -> None:
               help="analysis.json (`spec-harness analyze firp`): adds Figures 3-5.")
 def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analysis_json: Path | None) -> None:
     """Every figure (PNG + the CSV behind it) from a run directory and optional JSON inputs."""
-    from harness.figures import make_all
+    from harness.analysis.figures import make_all
 
     try:
         written = make_all(run_dir, out or run_dir / "figures", costmodel_json, analysis_json)
     except _user_errors() as err:
-        _fail(err)
+        fail(err)
     for path in written:
         click.echo(f"wrote {path}")
 
@@ -57,14 +50,14 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
 def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
-    from harness import costmodel as cm
-    from harness.results import write_json
+    from harness.analysis import costmodel as cm
+    from harness.bench.results import write_json
 
     try:
         n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
         result = cm.run(model, device, dtype, prefix, repeats, n_values)
     except _user_errors() as err:
-        _fail(err)
+        fail(err)
     path = out or cm.default_out(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
@@ -82,13 +75,13 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
 def regress(run_dir: Path, ref_dir: Path, speedup_margin: float | None) -> None:
     """Compare RUN_DIR with a reference run: exit 1 on a changed tau or lossless rate, a
     speedup below the reference interval, or a missing method/dataset; 0 otherwise."""
-    from harness.regress import DEFAULT_MARGIN, compare, render
+    from harness.bench.regress import DEFAULT_MARGIN, compare, render
 
     margin = DEFAULT_MARGIN if speedup_margin is None else speedup_margin
     try:
         cmp = compare(run_dir, ref_dir, margin)
     except _user_errors() as err:
-        _fail(err)
+        fail(err)
     click.echo(render(cmp, margin))
     sys.exit(0 if cmp.ok else 1)
 

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import torch
 
-from harness.data import chat_prompt, training_prompts
-from harness.decoding import decode, synchronize
-from harness.engine import Engine, KVCache
-from harness.method import Method
-from harness.training import git_commit
-from methods.autoregressive import Autoregressive
-from methods.self_speculative import ARTIFACT_NAME, SelfSpeculative, SkipSet, artifact_path
+import methods as registry
+from harness.bench.data import chat_prompt, training_prompts
+from harness.bench.results import git_info
+from harness.core.decoding import decode, synchronize
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method
+
+NAME = "self-spec"  # the method whose skip set is searched, and the artifact's default name
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,19 @@ def search_prompts(lm, cfg: SearchConfig, room: int) -> list[list[int]]:
     return out
 
 
-def skip_of(trial, num_layers: int) -> SkipSet:
-    """The trial's point: one binary choice per sublayer."""
-    attn = frozenset(i for i in range(num_layers) if trial.suggest_categorical(f"a{i}", (0, 1)))
-    mlp = frozenset(i for i in range(num_layers) if trial.suggest_categorical(f"m{i}", (0, 1)))
-    return SkipSet(attn, mlp)
+def skip_of(trial, num_layers: int) -> str:
+    """The trial's point, one binary choice per sublayer, as a self-spec `skip` option value."""
+    attn = [f"a{i}" for i in range(num_layers) if trial.suggest_categorical(f"a{i}", (0, 1))]
+    mlp = [f"m{i}" for i in range(num_layers) if trial.suggest_categorical(f"m{i}", (0, 1))]
+    return ",".join(attn + mlp) or "none"
+
+
+def self_spec(engine: Engine, key: str, skip: str) -> Method:
+    return registry.get(NAME)(engine, key, skip=skip)
+
+
+def baseline(engine: Engine, key: str) -> Method:
+    return registry.get(registry.BASELINE)(engine, key)
 
 
 def starting_points(num_layers: int) -> list[dict[str, int]]:
@@ -130,7 +139,7 @@ def search_skip_set(lm, cfg: SearchConfig, progress: bool = True) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = Engine(lm.model)
-    defaults = SelfSpeculative.resolve_options({"skip": "none"})
+    defaults = registry.get(NAME).resolve_options({"skip": "none"})
     prompts = search_prompts(lm, cfg, cfg.max_new_tokens + defaults["max_draft"] + 2)
     cache = engine.new_cache(max(map(len, prompts)) + cfg.max_new_tokens + defaults["max_draft"] + 2)
     eos = {lm.tokenizer.eos_token_id} - {None}
@@ -142,14 +151,14 @@ def search_skip_set(lm, cfg: SearchConfig, progress: bool = True) -> dict:
     measured: dict[str, float] = {}  # TPE repeats points of a binary space: measure each skip set once
 
     def objective(trial) -> float:
-        spec = skip_of(trial, L).spec()
+        spec = skip_of(trial, L)
         trial.set_user_attr("skip", spec)
         if spec not in measured:
-            measured[spec] = run(SelfSpeculative(engine, lm.key, skip=spec)).value
+            measured[spec] = run(self_spec(engine, lm.key, spec)).value
         return measured[spec]
 
     t0 = time.time()
-    run(Autoregressive(engine, lm.key))  # warm-up, untimed
+    run(baseline(engine, lm.key))  # warm-up, untimed
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for point in starting_points(L):
@@ -161,7 +170,7 @@ def search_skip_set(lm, cfg: SearchConfig, progress: bool = True) -> dict:
                   budget={**asdict(cfg), "prompts": len(prompts), "distinct_sets": len(measured),
                           "sources": ["gsm8k-train", "xsum-validation"]},
                   seconds=round(time.time() - t0, 1), device=str(engine.device),
-                  dtype=str(engine.dtype).removeprefix("torch."), commit=git_commit())
+                  dtype=str(engine.dtype).removeprefix("torch."), commit=git_info()["commit"])
     return record
 
 
@@ -176,11 +185,11 @@ def confirm(study, run, engine: Engine, key: str, top: int) -> dict:
     if not search_value:
         raise ValueError("no skip set besides the empty reference was tried: use more than one trial")
     candidates = list(search_value)[:max(1, top)]
-    remeasured = {s: run(SelfSpeculative(engine, key, skip=s)).summary() for s in candidates}
+    remeasured = {s: run(self_spec(engine, key, s)).summary() for s in candidates}
     best = max(candidates, key=lambda s: remeasured[s]["tokens_per_s"])
-    skip = SkipSet.parse(best)
-    ar = run(Autoregressive(engine, key)).summary()
-    empty = run(SelfSpeculative(engine, key, skip="none")).summary()
+    skip = self_spec(engine, key, best).skip
+    ar = run(baseline(engine, key)).summary()
+    empty = run(self_spec(engine, key, "none")).summary()
     return {"method": "self-spec", "skip": skip.spec(), "skip_attn": sorted(skip.attn),
             "skip_mlp": sorted(skip.mlp),
             "objective": "tokens per second of decoding steps (drafting + verification), prefill excluded",
@@ -195,13 +204,13 @@ def _rounded(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-def run_search(lm, cfg: SearchConfig, name: str = ARTIFACT_NAME, path: Path | None = None,
+def run_search(lm, cfg: SearchConfig, name: str = NAME, path: Path | None = None,
                progress: bool = True) -> tuple[Path, dict]:
     """Search and write `path` (default methods/checkpoints/<model>/<name>.json); returns the
     path and the artifact's content."""
     torch.manual_seed(cfg.seed)
     record = search_skip_set(lm, cfg, progress)
-    path = path or artifact_path(lm.key, name)
+    path = path or registry.get(NAME).artifact_path(lm.key, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path, record

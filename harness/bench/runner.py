@@ -14,14 +14,14 @@ import torch
 from tqdm import tqdm
 
 import methods as registry
-from harness import metrics, results
-from harness.data import Sample, chat_prompt, load_samples
-from harness.decoding import Decoded, decode, synchronize
-from harness.engine import Engine, KVCache
-from harness.method import Method, MethodError
-from harness.modelload import LoadedModel, load_model
-from harness.records import make_record, skipped_record
-from harness.telemetry import Telemetry, telemetry_kind
+from harness.bench import metrics, results
+from harness.bench.data import Sample, chat_prompt, load_samples
+from harness.bench.records import make_record, skipped_record
+from harness.bench.telemetry import Telemetry, telemetry_kind
+from harness.core.decoding import Decoded, decode, synchronize
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method, MethodError
+from harness.core.modelload import LoadedModel, load_model
 
 CACHE_SLACK = 256  # room for draft rows beyond prompt + budget
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.decoding import synchronize
-from harness.engine import Engine
+from harness.core.decoding import synchronize
+from harness.core.engine import Engine
 
 DEFAULT_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 DEFAULT_PREFIX = 256
-COSTMODEL_ROOT = Path(__file__).resolve().parent.parent / "results" / "costmodel"
+COSTMODEL_ROOT = Path(__file__).resolve().parents[2] / "results" / "costmodel"
 
 
 def _forward_seconds(engine: Engine, cache, ids: torch.Tensor, prefix: int) -> float:
@@ -72,8 +72,8 @@ def measure(engine: Engine, ns=DEFAULT_NS, prefix: int = DEFAULT_PREFIX, repeats
 def run(model: str, device: str = "auto", dtype: str | None = None, prefix: int = DEFAULT_PREFIX,
         repeats: int = 7, ns=DEFAULT_NS) -> dict:
     """Load a model and measure its cost model; the JSON-ready result."""
-    from harness.modelload import load_model
-    from harness.results import hardware
+    from harness.bench.results import hardware
+    from harness.core.modelload import load_model
 
     lm = load_model(model, device, dtype)
     result = measure(Engine(lm.model), ns, prefix, repeats)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from harness.modelload import DEFAULT_MODEL
+from harness.cli.common import USER_ERRORS, fail
+from harness.core.modelload import DEFAULT_MODEL
 
 
 @click.group()
@@ -29,16 +30,21 @@ def tune() -> None:
               help="Output directory (default results/lookahead-sweep/): <model>-<device>.csv and .json.")
 def tune_lookahead_cmd(grid, num_prompts, max_new_tokens, model, device, dtype, seed, out) -> None:
     """Lookahead decoding: ar and every (W, N, G) back to back per prompt; paired speedups."""
-    from harness.cli import USER_ERRORS, _fail
-    from harness.modelload import load_model
-    from harness.tuning import DEFAULT_GRID, SweepConfig, parse_grid, sweep_lookahead, write_sweep
+    from harness.core.modelload import load_model
+    from harness.train.tuning import (
+        DEFAULT_GRID,
+        SweepConfig,
+        parse_grid,
+        sweep_lookahead,
+        write_sweep,
+    )
 
     try:
         cfg = SweepConfig(parse_grid(grid) if grid else DEFAULT_GRID, num_prompts, max_new_tokens, seed)
         lm = load_model(model, device, dtype)
         result = sweep_lookahead(lm, cfg)
     except (*USER_ERRORS, ValueError) as err:
-        _fail(err)
+        fail(err)
     csv, js = write_sweep(result, out)
     for row in sorted(result["rows"], key=lambda r: -r["speedup_median"]):
         click.echo("W={window} N={ngram} G={guess}: tau {tau:.2f}, {positions:.1f} positions/forward, "
@@ -46,3 +52,6 @@ def tune_lookahead_cmd(grid, num_prompts, max_new_tokens, model, device, dtype, 
                    "[{speedup_ci_low:.3f}, {speedup_ci_high:.3f}]".format(**row))
     best = result["best"]
     click.echo(f"best: W={best['window']} N={best['ngram']} G={best['guess']}; wrote {csv} and {js}")
+
+
+COMMANDS = (tune,)

@@ -17,12 +17,25 @@ from pathlib import Path
 
 import torch
 
-from harness.distill import CorpusConfig, corpus_summary, load_corpus, trained_rows
-from harness.drafter import load_frozen
-from harness.engine import Engine, PrefixKV
-from harness.modelload import LoadedModel
-from harness.training import (TrainConfig, evaluate, gather_rows, load_checkpoint, make_batch, split_corpus,
-                              teacher_pass, train)
+from harness.core.checkpoint import load_checkpoint
+from harness.core.drafter import load_frozen
+from harness.core.engine import Engine, PrefixKV
+from harness.core.modelload import LoadedModel
+from harness.train.distill import (
+    CorpusConfig,
+    corpus_summary,
+    load_corpus,
+    trained_rows,
+)
+from harness.train.training import (
+    TrainConfig,
+    evaluate,
+    gather_rows,
+    make_batch,
+    split_corpus,
+    teacher_pass,
+    train,
+)
 from methods.firp import FIRP, PseudoChains
 from methods.medusa import Medusa, MedusaHeads
 

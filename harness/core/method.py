@@ -1,6 +1,6 @@
 """The interface every decoding method implements, and its typed command-line options.
 
-A method says how it drafts; the shared loop in harness/decoding.py does the rest:
+A method says how it drafts; the shared loop in harness/core/decoding.py does the rest:
 
     prefill -> observe -> [propose -> verify -> greedy accept -> keep cache -> observe]*
 """
@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.engine import Engine, KVCache
-from harness.tree import Tree
+from harness.core.engine import Engine, KVCache
+from harness.core.tree import Tree
 
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "methods" / "checkpoints"
+CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "methods" / "checkpoints"
 
 
 def checkpoint_file(model_key: str, name: str) -> Path:
@@ -86,6 +86,16 @@ class Method:
         for key, value in values.items():
             out[key] = known[key].parse(value) if isinstance(value, str) else value
         return out
+
+    @classmethod
+    def artifact_path(cls, model_key: str, name: str) -> Path:
+        """A trained artifact of this method given by name (methods/checkpoints/<model>/<name> plus
+        the suffix of `weights_file`) or by path."""
+        suffix = Path(cls.weights_file or "").suffix
+        path = Path(name)
+        if (suffix and path.suffix == suffix) or path.exists():
+            return path
+        return CHECKPOINT_ROOT / model_key / f"{name}{suffix}"
 
     @classmethod
     def default_weights(cls, model_key: str) -> Path | None:

@@ -3,7 +3,7 @@
 Prompts come from the training splits only (GSM8K train, XSum validation, alternately, through
 the chat template): never a test file. Each prompt is decoded by the autoregressive baseline and
 then by every (W, N, G) of the grid, back to back, after an untimed warm-up, so each speedup is a
-set of paired per-prompt ratios, summarised exactly as benchmark runs are (harness.metrics):
+set of paired per-prompt ratios, summarised exactly as benchmark runs are (harness.bench.metrics):
 tau, draft size, positions per forward, tokens/s, speedup (ratio of means; median of paired
 ratios with a 95% bootstrap interval), lossless rate. Timing only means something on an
 otherwise idle machine.
@@ -16,12 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import metrics, results
-from harness.data import Sample
-from harness.decoding import Decoded, decode, synchronize
-from harness.engine import Engine, KVCache
-from harness.method import Method
-from harness.records import make_record
+import methods as registry
+from harness.bench import metrics, results
+from harness.bench.data import Sample
+from harness.bench.records import make_record
+from harness.core.decoding import Decoded, decode, synchronize
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method
 
 Triple = tuple[int, int, int]  # (W, N, G)
 DEFAULT_GRID: tuple[Triple, ...] = tuple(itertools.product((3, 5, 7), (3, 4, 5), (3, 5, 7)))
@@ -41,17 +42,18 @@ class SweepConfig:
 
 def parse_grid(text: str) -> tuple[Triple, ...]:
     """'3x3x3,5x4x5' (W x N x G triples) or 'published' -> ((3, 3, 3), (5, 4, 5)); each checked."""
-    from methods.lookahead import PRESETS, resolve_sizes
-
+    lookahead = registry.get("lookahead")
     grid = []
     for item in (x.strip().lower() for x in text.split(",") if x.strip()):
-        parts = PRESETS[item] if item in PRESETS else item.split("x")
+        if item in lookahead.PRESETS:
+            grid.append(lookahead.sizes({"preset": item}))
+            continue
         try:
-            w, n, g = (int(p) for p in parts)
+            w, n, g = (int(p) for p in item.split("x"))
         except ValueError:
             raise ValueError(f"grid item {item!r}: expected WxNxG, e.g. 5x4x5, "
-                             f"or one of {', '.join(PRESETS)}") from None
-        grid.append(resolve_sizes({"preset": "none", "window": w, "ngram": n, "guess": g}, {}))
+                             f"or one of {', '.join(lookahead.PRESETS)}") from None
+        grid.append(lookahead.sizes({"window": w, "ngram": n, "guess": g}))
     if not grid:
         raise ValueError("empty grid")
     return tuple(dict.fromkeys(grid))
@@ -73,12 +75,9 @@ def timed_decode(method: Method, prompt: list[int], max_new: int, eos: set[int],
 
 def sweep_methods(engine: Engine, key: str, grid: tuple[Triple, ...]) -> dict[str, Method]:
     """The baseline first, then one Lookahead per (W, N, G); bad triples fail before any decode."""
-    from methods.autoregressive import Autoregressive
-    from methods.lookahead import Lookahead
-
-    out: dict[str, Method] = {"ar": Autoregressive(engine, key)}
+    out: dict[str, Method] = {registry.BASELINE: registry.get(registry.BASELINE)(engine, key)}
     for w, n, g in grid:
-        out[label((w, n, g))] = Lookahead(engine, key, window=w, ngram=n, guess=g)
+        out[label((w, n, g))] = registry.get("lookahead")(engine, key, window=w, ngram=n, guess=g)
     return out
 
 
@@ -104,7 +103,7 @@ def decode_all(lm, methods: dict[str, Method], prompts: list[list[int]], max_new
 
 def sweep_lookahead(lm, cfg: SweepConfig, progress: bool = True) -> dict:
     """Measure every (W, N, G) of cfg.grid against the baseline on the loaded model `lm`."""
-    from harness.skipsearch import SearchConfig, search_prompts
+    from harness.train.skipsearch import SearchConfig, search_prompts
 
     engine = Engine(lm.model)
     methods = sweep_methods(engine, lm.key, cfg.grid)

@@ -5,7 +5,7 @@ The engine drives a transformers causal LM module by module (embeddings, decoder
 norm, LM head); it vendors no modeling code and patches nothing: it only hands the attention
 modules its own cache object, which implements the cache protocol (`update`), and switches sdpa
 attention to a variant that handles grouped K/V heads under a mask without copying them
-(harness/attention.py, registered through transformers' AttentionInterface).
+(harness/core/attention.py, registered through transformers' AttentionInterface).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from harness.attention import use_packed_attention
+from harness.core.attention import use_packed_attention
 
 Insert = Callable[[torch.Tensor], torch.Tensor]  # h: [B, c, d] -> new rows [B, m, d]
 

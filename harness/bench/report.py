@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.runner import summary_of
+from harness.bench.runner import summary_of
 
 COLUMNS = {
     "method": "method", "dataset": "dataset", "n": "n", "speedup": "speedup",

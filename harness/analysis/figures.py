@@ -15,93 +15,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.costmodel import ratio_at
-from harness.results import load_run
-from harness.runner import summary_of
+from harness.analysis.costmodel import ratio_at
+from harness.analysis.plotting import (
+    bar_labels,
+    grouped_bars,
+    legends,
+    note,
+    pyplot,
+    save,
+    setting,
+    styles,
+    yerr,
+)
+from harness.bench.results import load_run
+from harness.bench.runner import summary_of
 
-STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
-         "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.dpi": 100, "axes.grid": True,
-         "grid.alpha": 0.3}
-MARKERS = "osD^vP*Xh"
 SPEEDUP_COLS = ["speedup_median", "speedup_ci_low", "speedup_ci_high", "speedup"]
 SPEEDUP_LABEL = "speedup over baseline\n(median paired ratio, 95% CI)"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(STYLE)
-    return plt
-
-
-def note(msg: str) -> None:
-    print(f"figures: {msg}")
-
-
-def setting(manifest: dict) -> str:
-    """'<model> on <GPU or CPU>, <dtype>' for titles."""
-    hw = manifest.get("hardware", {})
-    where = hw.get("gpu") or hw.get("cpu") or manifest.get("device", "?")
-    dtype = manifest.get("dtype")
-    return f"{manifest.get('model_key') or manifest.get('model', '?')} on {where}" + (f", {dtype}" if dtype else "")
-
-
-def _save(fig, out_dir: Path, stem: str, data: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None) -> list[Path]:
-    plt = _pyplot()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{stem}.png"
-    fig.savefig(png, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    written = [png]
-    for name, table in {stem: data, **(extra or {})}.items():
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-        written.append(out_dir / f"{name}.csv")
-    return written
-
-
-def _order(values, preferred) -> list:
-    """Distinct values, in the preferred order first (the manifest's), then as they come."""
-    values = list(dict.fromkeys(values))
-    return [v for v in preferred if v in values] + [v for v in values if v not in preferred]
-
-
-def _styles(manifest: dict, summary: pd.DataFrame, shown: pd.DataFrame):
-    """Colour per method and marker per dataset, the same in every figure of a run (assigned
-    over the whole summary), restricted to what `shown` holds; then its methods and datasets."""
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10")
-    colors = {m: cmap(i % 10) for i, m in enumerate(_order(summary["method"], manifest.get("methods", [])))}
-    markers = {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(_order(summary["dataset"], manifest.get("datasets", [])))}
-    methods = [m for m in colors if m in set(shown["method"])]
-    datasets = [d for d in markers if d in set(shown["dataset"])]
-    return {m: colors[m] for m in methods}, {d: markers[d] for d in datasets}, methods, datasets
-
-
-def _legends(ax, colors: dict, markers: dict) -> None:
-    """Method (colour) and dataset (marker) legends, outside the axes on the right."""
-    from matplotlib.lines import Line2D
-
-    first = ax.legend(handles=[Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()],
-                      title="method", loc="upper left", bbox_to_anchor=(1.02, 1))
-    ax.add_artist(first)
-    ax.legend(handles=[Line2D([], [], color="0.3", marker=mk, ls="", label=d) for d, mk in markers.items()],
-              title="dataset", loc="lower left", bbox_to_anchor=(1.02, 0))
-
-
-def _yerr(df: pd.DataFrame) -> np.ndarray:
-    med = df["speedup_median"].to_numpy()
-    return np.vstack([med - df["speedup_ci_low"].to_numpy(), df["speedup_ci_high"].to_numpy() - med])
-
-
-def _bar_labels(ax, bars, spec: str = ".2f", inside: bool = False) -> None:
-    """Value labels: on top of the bars, or inside them (bars with error bars)."""
-    heights = [b.get_height() for b in bars]
-    ax.bar_label(bars, labels=["" if np.isnan(h) else format(h, spec) for h in heights], fontsize=8,
-                 **({"label_type": "center", "bbox": {"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1}}
-                    if inside else {"padding": 2}))
 
 
 def _non_baseline(summary: pd.DataFrame, manifest: dict) -> pd.DataFrame:
@@ -119,13 +49,13 @@ def speedup_vs_draft(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> li
     if data.empty:
         note("fig1a skipped: no method besides the baseline has a draft size and a speedup")
         return []
-    plt = _pyplot()
-    colors, markers, _, datasets = _styles(manifest, summary, data)
+    plt = pyplot()
+    colors, markers, _, datasets = styles(manifest, summary, data)
     fig, ax = plt.subplots(figsize=(8, 4.8))
     span = max(float(data["draft_size"].max() - data["draft_size"].min()), 1.0)
     dodge = {d: (i - (len(datasets) - 1) / 2) * 0.025 * span for i, d in enumerate(datasets)}
     for i, r in data.iterrows():
-        ax.errorbar(r.draft_size + dodge[r.dataset], r.speedup_median, yerr=_yerr(data.iloc[[i]]),
+        ax.errorbar(r.draft_size + dodge[r.dataset], r.speedup_median, yerr=yerr(data.iloc[[i]]),
                     fmt=markers[r.dataset], color=colors[r.method], ms=8, capsize=4, lw=1.5)
     ax.axhline(1.0, color="0.4", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], 1.0, f" baseline ({manifest.get('baseline', 'ar')})", va="bottom", fontsize=9, color="0.3")
@@ -133,21 +63,8 @@ def speedup_vs_draft(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> li
                   + ("\n(points dodged slightly by dataset)" if len(datasets) > 1 else ""))
     ax.set_ylabel(SPEEDUP_LABEL)
     ax.set_title(f"Fig 1a. Speedup vs draft size\n{setting(manifest)}")
-    _legends(ax, colors, markers)
-    return _save(fig, out_dir, "fig1a_speedup_vs_draft_size", data)
-
-
-def _grouped_bars(ax, data: pd.DataFrame, groups: list, members: list, value: str, colors: dict,
-                  member_col: str = "method", group_col: str = "dataset", err: bool = False) -> None:
-    """Bars of data[value] grouped by group_col, one bar per member in each group."""
-    width = 0.8 / max(len(members), 1)
-    for j, m in enumerate(members):
-        sub = data[data[member_col] == m].set_index(group_col).reindex(groups)
-        xs = np.arange(len(groups)) + (j - (len(members) - 1) / 2) * width
-        yerr = _yerr(sub) if err else None
-        bars = ax.bar(xs, sub[value].to_numpy(), width * 0.95, yerr=yerr, capsize=3, color=colors[m], label=m)
-        _bar_labels(ax, bars, inside=err)
-    ax.set_xticks(np.arange(len(groups)), groups)
+    legends(ax, colors, markers)
+    return save(fig, out_dir, "fig1a_speedup_vs_draft_size", data)
 
 
 def tau_per_method(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list[Path]:
@@ -156,16 +73,16 @@ def tau_per_method(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list
     if data.empty:
         note("fig1b skipped: no tau in the run")
         return []
-    plt = _pyplot()
-    colors, _, methods, datasets = _styles(manifest, summary, data)
+    plt = pyplot()
+    colors, _, methods, datasets = styles(manifest, summary, data)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(datasets) * len(methods) + 2.5), 4.5))
-    _grouped_bars(ax, data, datasets, methods, "tau", colors)
+    grouped_bars(ax, data, datasets, methods, "tau", colors)
     ax.set_ylabel("tau (accepted tokens per target forward)")
     ax.set_xlabel("dataset")
     ax.set_ylim(0, data["tau"].max() * 1.18)
     ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"Fig 1b. Mean accepted tokens per forward (tau)\n{setting(manifest)}")
-    return _save(fig, out_dir, "fig1b_tau", data)
+    return save(fig, out_dir, "fig1b_tau", data)
 
 
 def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path) -> list[Path]:
@@ -186,10 +103,10 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     if cost.get("model") != manifest.get("model_key"):
         note(f"costmodel: measured on model {cost.get('model')!r}, the run used {manifest.get('model_key')!r}")
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
-    colors, markers, methods, datasets = _styles(manifest, summary, data)
+    colors, markers, methods, datasets = styles(manifest, summary, data)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]},
                                       layout="constrained")
     left.plot(curve["n"], curve["ratio"], "-o", color="0.2", ms=4, label="measured c(n)/c(1)")
@@ -198,17 +115,17 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     left.set_xlabel("rows processed per target forward, n")
     left.set_ylabel("forward latency c(n) / c(1)")
     left.set_title(f"Forward cost (prefix {cost.get('prefix', '?')} tokens, c(1) = {1000 * cost['seconds'][0]:.1f} ms)")
-    _legends(left, colors, markers)
+    legends(left, colors, markers)
 
     data = data.assign(order=[(datasets.index(d), methods.index(m)) for m, d in zip(data["method"], data["dataset"])])
     data = data.sort_values("order").drop(columns="order").reset_index(drop=True)
     xs = np.arange(len(data))
-    bars = right.bar(xs - 0.2, data["speedup_median"], 0.4, yerr=_yerr(data), capsize=3,
+    bars = right.bar(xs - 0.2, data["speedup_median"], 0.4, yerr=yerr(data), capsize=3,
                      color=[colors[m] for m in data["method"]], label="measured (median, 95% CI)")
-    _bar_labels(right, bars, inside=True)
+    bar_labels(right, bars, inside=True)
     bounds = right.bar(xs + 0.2, data["bound"], 0.4, color="white", edgecolor=[colors[m] for m in data["method"]],
                        hatch="//", label="bound tau * c(1) / c(n)")
-    _bar_labels(right, bounds)
+    bar_labels(right, bounds)
     right.axhline(1.0, color="0.4", ls="--", lw=1)
     right.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])], rotation=35, ha="right",
                      rotation_mode="anchor", fontsize=8)
@@ -219,7 +136,7 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
                  loc="upper left")
     right.set_title("Measured speedup vs cost-model bound")
     fig.suptitle(f"Cost model: {where}\nrun: {setting(manifest)}", fontsize=12)
-    return _save(fig, out_dir, "costmodel", data, {"costmodel_curve": curve})
+    return save(fig, out_dir, "costmodel", data, {"costmodel_curve": curve})
 
 
 ABLATION_PAIRS = (("firp:serial", "firp:parallel"), ("firp", "firp:parallel"))
@@ -237,14 +154,14 @@ def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
         note(f"ablation skipped: method(s) {', '.join(missing)} not in the run")
         return []
     data = data.reset_index(drop=True)
-    plt = _pyplot()
-    colors, _, _, datasets = _styles(manifest, summary, data)
+    plt = pyplot()
+    colors, _, _, datasets = styles(manifest, summary, data)
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(9, 2.4 * len(datasets) + 4), 4.5))
-    _grouped_bars(a, data, datasets, list(methods), "tau", colors)
+    grouped_bars(a, data, datasets, list(methods), "tau", colors)
     a.set_ylabel("tau (accepted tokens per target forward)")
     a.set_ylim(0, data["tau"].max() * 1.35)
     a.set_title("Mean accepted tokens per forward")
-    _grouped_bars(b, data, datasets, list(methods), "speedup_median", colors, err=True)
+    grouped_bars(b, data, datasets, list(methods), "speedup_median", colors, err=True)
     b.axhline(1.0, color="0.4", ls="--", lw=1)
     b.set_ylabel(SPEEDUP_LABEL)
     b.set_ylim(0, data["speedup_ci_high"].max() * 1.35)
@@ -255,7 +172,7 @@ def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
     fig.suptitle(f"Serial vs parallel pseudo-token mask ({methods[0]} vs {methods[1]})"
                  f"{_checkpoints_line(manifest, methods)}\n{setting(manifest)}", fontsize=12)
     fig.tight_layout()
-    return _save(fig, out_dir, "ablation_serial_vs_parallel", data)
+    return save(fig, out_dir, "ablation_serial_vs_parallel", data)
 
 
 def _checkpoints_line(manifest: dict, methods) -> str:
@@ -270,7 +187,7 @@ def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = 
              analysis_json: Path | None = None) -> list[Path]:
     """Every figure the inputs allow; returns the files written. A figure whose data is
     missing is skipped with a printed note."""
-    from harness.figures_analysis import ANALYSIS_FIGURES
+    from harness.analysis.figures_analysis import ANALYSIS_FIGURES
 
     out_dir = Path(out_dir)
     written: list[Path] = []

@@ -1,10 +1,10 @@
-"""Building one results record (the schema in harness/results.py) from a decoded turn."""
+"""Building one results record (the schema in harness/bench/results.py) from a decoded turn."""
 
 from __future__ import annotations
 
-from harness import metrics
-from harness.data import Sample
-from harness.decoding import Decoded
+from harness.bench import metrics
+from harness.bench.data import Sample
+from harness.core.decoding import Decoded
 
 
 def make_record(key: tuple, sample: Sample, out: Decoded, wall: float, telemetry: dict, tokenizer,

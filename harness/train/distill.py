@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness.data import chat_prompt, training_prompts
-from harness.modelload import LoadedModel, cache_root
+from harness.bench.data import chat_prompt, training_prompts
+from harness.core.modelload import LoadedModel, cache_root
 
 
 @dataclass(frozen=True)

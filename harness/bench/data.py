@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA_ROOT = Path(__file__).resolve().parent.parent / "datasets"
+DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
 DATASETS = ("gsm8k", "xsum", "mt-bench")
 # Tuning sets (method defaults, tree shapes): training splits read from the end, so that they do
 # not overlap the drafter-training prompts, which are read from the start. Never for evaluation.

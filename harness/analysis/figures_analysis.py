@@ -1,6 +1,6 @@
 """Figures 3-5 of the FIRP paper, from the analysis JSON of `spec-harness analyze firp`
-(harness/analysis.py): top-k accuracy per draft step, pseudo-vs-real cosine per layer, and
-first-step accuracy per prediction layer. Drawn and saved like every figure (harness/figures.py).
+(harness/analysis/analyses.py): top-k accuracy per draft step, pseudo-vs-real cosine per layer, and
+first-step accuracy per prediction layer. Drawn and saved like every figure (harness/analysis/plotting.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.figures import MARKERS, _pyplot, _save, note
+from harness.analysis.plotting import MARKERS, note, pyplot, save
 
 
 def _percent_axis(ax) -> None:
@@ -35,7 +35,7 @@ def topk_accuracy(analysis: dict, out_dir: Path, steps=("2", "3", "4")) -> list[
     if not present:
         note(f"fig3 skipped: topk_accuracy has none of N = {', '.join(steps)}")
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present) + 1, 4.2), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, n in zip(axes[0], present):
@@ -53,7 +53,7 @@ def topk_accuracy(analysis: dict, out_dir: Path, steps=("2", "3", "4")) -> list[
     axes[0][-1].legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"Fig 3. Top-k accuracy of draft token N\n{_analysis_title(analysis)}", fontsize=12)
     fig.tight_layout()
-    return _save(fig, out_dir, "fig3_topk_accuracy", data)
+    return save(fig, out_dir, "fig3_topk_accuracy", data)
 
 
 def _with_budget(name: str, budget: dict | None) -> str:
@@ -71,7 +71,7 @@ def cosine_similarity(analysis: dict, out_dir: Path) -> list[Path]:
     if data.empty:
         note("fig4 skipped: cosine is empty")
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (v, sub) in enumerate(data.groupby("variant", sort=False)):
         sub = sub.sort_values("layer")
@@ -81,7 +81,7 @@ def cosine_similarity(analysis: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("mean cosine similarity,\npseudo vs real hidden state")
     ax.legend(title="pseudo token")
     ax.set_title(f"Fig 4. Pseudo vs real hidden states after insertion\n{_analysis_title(analysis)}")
-    return _save(fig, out_dir, "fig4_cosine_by_layer", data)
+    return save(fig, out_dir, "fig4_cosine_by_layer", data)
 
 
 def layer_sweep(analysis: dict, out_dir: Path) -> list[Path]:
@@ -91,7 +91,7 @@ def layer_sweep(analysis: dict, out_dir: Path) -> list[Path]:
     if data.empty:
         note("fig5 skipped: layer_sweep is empty")
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(data["layer"], data["top1_accuracy"], "-o", color="tab:blue")
     best = data.loc[data["top1_accuracy"].idxmax()]
@@ -103,7 +103,7 @@ def layer_sweep(analysis: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("first-step top-1 accuracy")
     _percent_axis(ax)
     ax.set_title(f"Fig 5. First-step accuracy vs prediction layer\n{_analysis_title(analysis)}")
-    return _save(fig, out_dir, "fig5_layer_sweep", data)
+    return save(fig, out_dir, "fig5_layer_sweep", data)
 
 
 def _analysis_title(analysis: dict) -> str:

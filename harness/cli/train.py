@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from harness.distill import CorpusConfig
-from harness.modelload import DEFAULT_MODEL, load_model
-from harness.training import TrainConfig, train_and_save
+from harness.core.modelload import DEFAULT_MODEL, load_model
+from harness.train.distill import CorpusConfig
+from harness.train.training import TrainConfig, train_and_save
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -109,7 +109,7 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
               help="Output JSON (default methods/checkpoints/<model>/<name>.json).")
 def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, seed, name, out) -> None:
     """Self-speculative decoding: search the sublayers the draft skips (writes <name>.json)."""
-    from harness.skipsearch import SearchConfig, run_search
+    from harness.train.skipsearch import SearchConfig, run_search
 
     lm = load_model(model, device)
     cfg = SearchConfig(trials=trials, num_prompts=num_prompts, max_new_tokens=max_new_tokens, seed=seed,
@@ -149,9 +149,9 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
     """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5),
     on training-split prompts no drafter trained on (--per-source of them from --skip on).
     --out: the JSON written (default results/analysis/<model>/analysis.json)."""
-    from harness.analysis import analyze_firp
-    from harness.method import checkpoint_file
-    from harness.results import RESULTS_ROOT, write_json
+    from harness.analysis.analyses import analyze_firp
+    from harness.bench.results import RESULTS_ROOT, write_json
+    from harness.core.method import checkpoint_file
 
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
@@ -174,7 +174,7 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
 def _scored_alongside(model_key: str, asked: dict[str, str], defaults: dict[str, str]) -> dict[str, Path]:
     """Label -> checkpoint of the predictors scored next to FIRP: those asked for (they must
     exist) and the defaults not overridden that were trained."""
-    from harness.method import checkpoint_file
+    from harness.core.method import checkpoint_file
 
     paths = {label: checkpoint_file(model_key, n) for label, n in {**defaults, **asked}.items()}
     missing = [str(paths[label]) for label in asked if not paths[label].exists()]
@@ -185,7 +185,7 @@ def _scored_alongside(model_key: str, asked: dict[str, str], defaults: dict[str,
 
 def _past_training(paths: list[Path]) -> int:
     """The first prompt row (per split) after every existing checkpoint's training prompts."""
-    from harness.distill import trained_rows
+    from harness.train.distill import trained_rows
 
     sidecars = [p.with_suffix(".json") for p in paths]
     return max([0] + [trained_rows(json.loads(s.read_text())).stop for s in sidecars if s.exists()])
@@ -205,10 +205,10 @@ def sweep_step1(path: Path, model_key: str) -> dict[int, float]:
 def analyze_layers_cmd(layers, out, **kw) -> None:
     """The layer sweep that picks FIRP's default layers: held-out step-1 top-k per insertion layer.
     --out: the JSON written (default results/firp-layer-sweep/<model>.json)."""
-    from harness.analysis import layer_probe
-    from harness.distill import corpus_summary, load_corpus
-    from harness.engine import Engine
-    from harness.results import RESULTS_ROOT, write_json
+    from harness.analysis.analyses import layer_probe
+    from harness.bench.results import RESULTS_ROOT, write_json
+    from harness.core.engine import Engine
+    from harness.train.distill import corpus_summary, load_corpus
 
     lm = load_model(kw["model"], kw["device"])
     corpus, cfg = configs(kw)
@@ -222,3 +222,6 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
                      "seconds": round(time.time() - t0), "training": asdict(cfg),
                      "data": corpus_summary(corpus, seqs)})
     click.echo(f"best step-1 layer: {best} (top-1 {result[best][0]:.3f}); wrote {out}")
+
+
+COMMANDS = (train, analyze)

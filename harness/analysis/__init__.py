@@ -1,0 +1,4 @@
+"""Reading results and models for insight: the FIRP paper's analyses (layer probe, top-k per step,
+cosine of pseudo and real states), the forward cost model c(n), and every figure (plotting
+helpers in plotting.py). Imports train, bench, core and methods, never cli.
+"""

@@ -1,0 +1,24 @@
+"""The command line (`spec-harness`, also `python -m harness`): click commands, one module per
+command group, assembled into the `main` group here.
+
+- common.py: the user errors and the failure helper every command shares;
+- run.py: list, setup, run, report;  train.py: train, analyze;  tune.py: tune;
+- analysis.py: figures, costmodel, regress.
+
+May import everything below it (analysis, train, bench, core, methods); nothing imports it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from harness.cli import analysis, run, train, tune
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmark speculative decoding methods behind one decode loop."""
+
+
+for _command in (*run.COMMANDS, *train.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS):
+    main.add_command(_command)
