@@ -172,7 +172,7 @@ class FIRP(TreeDrafter):
         self._pseudo, self._offset = h[n:].view(self.steps, n, -1), 0
         return h[:n]
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
-        node = int(path[-1]) - self._offset
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        node = path[-1] - self._offset
         self.set_candidates(self.engine.logits(self._pseudo[:, node]))  # [K, V]
 

@@ -187,6 +187,7 @@ class Lookahead(Method):
         self.window: Window | None = None
         self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._window_hidden: torch.Tensor | None = None  # [R, d] window rows of the last forward
+        self._root = -1  # the pending token of the current step
 
     def describe(self) -> dict:
         out = super().describe()
@@ -196,13 +197,14 @@ class Lookahead(Method):
     # -- the decoding hooks ------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Also starts a new turn: empty pool, level 0 seeded from the prompt's tokens."""
-        prompt = ids.tolist()
+        prompt = self.engine.host(ids)
         seeds = random.Random(0).choices(prompt, k=self.width + self.ngram - 3)
         self.window, self.pool = Window(self.width, self.ngram, seeds), NGramPool(self.guess)
         self._window_hidden = None
         return super().prefill(ids, cache)
 
     def propose(self, root: int, cache: KVCache) -> Tree:
+        self._root = root
         return build_trie(root, self.pool.lookup(root), cache.max_len - cache.length, self.engine.device)
 
     def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,8 +227,9 @@ class Lookahead(Method):
         self._window_hidden = h[n:]
         return h[:n]
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
-        """Jacobi step of the newest level (logits of its C rows only); n-grams to the pool."""
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        """Jacobi step of the newest level (logits of its C rows only); n-grams to the pool. The
+        outputs are read on the host: lookahead's second host read per step (the pool is a dict)."""
         if tree is None or self._window_hidden is None:
             return
         columns = self.window.columns
@@ -234,6 +237,6 @@ class Lookahead(Method):
             newest = torch.cat([hidden[:1], self._window_hidden])  # [C, d]
         else:
             newest = self._window_hidden[-columns:]  # [C, d]
-        outputs = self.engine.logits(newest).argmax(dim=-1).tolist()
-        for gram in self.window.advance(int(tree.tokens[0]), outputs):
+        outputs = self.engine.host(self.engine.logits(newest).float().argmax(dim=-1))
+        for gram in self.window.advance(self._root, outputs):
             self.pool.add(gram)

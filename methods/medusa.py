@@ -84,6 +84,6 @@ class Medusa(TreeDrafter):
             raise MethodError("this checkpoint holds early-exit heads (an analysis artifact), not Medusa heads")
         return MedusaHeads(engine.hidden_size, config["heads"], engine.lm_head, config["separate_lm_head"])
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
-        normed = self.engine.norm(hidden[int(path[-1])])
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        normed = self.engine.norm(hidden[path[-1]])
         self.set_candidates(self.module(normed)[: self.shape.depth])  # [depth, V]

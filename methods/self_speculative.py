@@ -187,14 +187,14 @@ class SelfSpeculative(Method):
             probs = self.draft_logits(tokens[-1].view(1, 1), start + j, cache).float().softmax(-1)  # [V]
             p, tok = probs.max(-1)
             tokens.append(tok.view(1))
-            if float(p) < self.rule.value:
+            if self.engine.host(p) < self.rule.value:  # one host read per draft token: the exit rule
                 break
         return Tree.chain(torch.cat(tokens))
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
         if tree is None:  # the prefill: nothing was drafted
             return
-        drafted, accepted = tree.draft_size, path.numel() - 1
+        drafted, accepted = tree.draft_size, len(path) - 1
         self.drafted += drafted
         self.accepted += accepted
         self.rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])

@@ -46,7 +46,9 @@ def test_cache_after_keep_equals_plain_prefill(tiny, engine):
     deepest = int(torch.argmax(tree.depths))
     path = torch.tensor(path_to(tree, deepest))
     assert path[-1] != len(path) - 1 or tree.size == len(path)  # a real gather, not a no-op
-    cache.keep(path + 7)
+    on_path = torch.zeros(tree.size, dtype=torch.bool)
+    on_path[path] = True
+    cache.keep(path.tolist(), on_path)
     seq = prefix + tree.tokens[path].tolist()
     ref = engine.new_cache(64)
     engine.forward(torch.tensor(seq), torch.arange(len(seq)), None, ref)

@@ -49,11 +49,14 @@ class KVCache:
         kv[1, :, :, self.start:end] = value
         return kv[0, :, :, :end], kv[1, :, :, :end]
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Commit the given slots (ascending, all >= length) as the next positions."""
-        n = slots.numel()
-        if int(slots[-1]) != self.length + n - 1:  # not already in place: gather them down
-            self.buf[:, :, :, :, self.length:self.length + n] = self.buf.index_select(4, slots)
+    def keep(self, path: list[int], on_path: torch.Tensor | None = None) -> None:
+        """Commit the rows `path` (node indices of the last forward, ascending, root first) as the
+        next positions. on_path: [n] bool, the same path on the device, needed only when the rows
+        are not already in place (a branch of a tree); the gather then needs no host read."""
+        n = len(path)
+        if path[-1] != n - 1:  # not already in place: gather them down
+            rows = torch.argsort((~on_path).to(torch.int8), stable=True)[:n]  # path rows, ascending
+            self.buf[:, :, :, :, self.length:self.length + n] = self.buf.index_select(4, rows + self.length)
         self.length += n
 
     def truncate(self, length: int) -> None:
@@ -98,6 +101,8 @@ class Context:
 class Counters:
     forwards: int = 0  # target forwards (full model), prefill included
     positions: int = 0  # rows processed by target forwards, at the last layer
+    draft_forwards: int = 0  # forwards of a draft model or head (not the target)
+    host_reads: int = 0  # device-to-host reads through Engine.host (each one waits for the device)
 
 
 class Engine:
@@ -210,6 +215,16 @@ class Engine:
         h = self.run_layers(self.embed(ids), ctx, inserts=inserts)
         self.count(h.shape[1])
         return h
+
+    def host(self, x: torch.Tensor) -> list | int | float:
+        """The one way decoding code reads a tensor on the host (`x.tolist()`): on a GPU each read
+        waits for the device, so the loop keeps them to one per step; counted for tests and records."""
+        self.counters.host_reads += 1
+        return x.tolist()
+
+    def count_draft(self, forwards: int = 1) -> None:
+        """Book forwards of a draft model or head (timed inside the turn, not target forwards)."""
+        self.counters.draft_forwards += forwards
 
     def count(self, rows: int, forwards: int = 1) -> None:
         """Book target work done outside `forward` (a method splitting one forward in parts)."""

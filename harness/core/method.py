@@ -138,6 +138,7 @@ class Method:
         mask = tree.mask if tree.size > 1 else None
         return self.engine.forward(tree.tokens, positions, mask, cache)[0]
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: torch.Tensor) -> None:
-        """After acceptance: hidden [n, d] of the forward's rows, path = accepted node indices
-        (root first; for the prefill, tree is None and path = [P - 1])."""
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        """After acceptance: hidden [n, d] of the forward's rows, path = accepted node indices on
+        the host (root first; for the prefill, tree is None and path = [P - 1]). Reading a tensor
+        on the host here costs a device synchronisation: use engine.host, and only if needed."""

@@ -104,19 +104,24 @@ def chain_paths(depth: int) -> list[Path]:
     return [(0,) * d for d in range(1, depth + 1)]
 
 
-def greedy_accept(tree: Tree, predicted: torch.Tensor) -> torch.Tensor:
-    """Longest path whose every token equals the argmax of its parent's logits.
+def accepted_mask(tree: Tree, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The longest path whose every token equals the argmax of its parent's logits, computed on
+    the device without a host read.
 
-    predicted: [n] the target's greedy next token at each node. Returns the accepted node
-    indices, root first (ascending); the bonus token is predicted[path[-1]].
+    predicted: [n] the target's greedy next token at each node. Returns (best, on_path): the
+    deepest accepted node ([1]; the bonus token is predicted[best]) and [n] bool, the nodes of
+    the accepted path, root included.
     """
-    if tree.size == 1:
-        return torch.zeros(1, dtype=torch.long, device=predicted.device)
     ok = torch.ones_like(tree.tokens, dtype=torch.bool)
     ok[1:] = tree.tokens[1:] == predicted[tree.parents[1:]]
     valid = ~(tree.mask & ~ok[None, :]).any(dim=1)  # node and all its ancestors match
-    best = torch.argmax(tree.depths * valid)  # deepest valid node (root has depth 0)
-    return tree.mask[best].nonzero().squeeze(1)
+    best = torch.argmax(tree.depths * valid).view(1)  # [1] deepest valid node (root has depth 0)
+    return best, tree.mask.index_select(0, best)[0]  # indexing with a 0-d tensor would read it on the host
+
+
+def greedy_accept(tree: Tree, predicted: torch.Tensor) -> torch.Tensor:
+    """Accepted node indices, root first (ascending): accepted_mask's path as indices."""
+    return accepted_mask(tree, predicted)[1].nonzero().squeeze(1)
 
 
 # Named sparse trees (paths over per-step top-k candidates), shared by FIRP and Medusa.
