@@ -1,12 +1,36 @@
 """Outside peers: transformers' own `generate()` decoders, timed on the same samples in the
-same run. They do not use the harness loop, so per-forward counters are not available."""
+same run. They do not use the harness loop, so per-forward counters are not available.
+
+Every peer decodes plain greedy: generate() would otherwise fill any option left unset from the
+model's own generation_config (a repetition penalty or suppressed tokens of an instruct model
+would stay on under do_sample=False). For the call, the model's generation_config is a plain
+one holding only its special tokens; what it held is restored after, and recorded.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from transformers import GenerationConfig
 
 from harness.core.decoding import Decoded
 from harness.core.method import Method, MethodError, Option
+
+PLAIN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
+              "_from_model_config")
+
+
+@contextmanager
+def plain_generation_config(model):
+    """The model's generation_config reduced to its special tokens for the duration of a call,
+    so that generate() adds no penalty or processor of the model's defaults."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in PLAIN_KEYS[:4]})
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class HFGenerate(Method):
@@ -19,13 +43,21 @@ class HFGenerate(Method):
     def generate_kwargs(self) -> dict:
         return {}
 
+    def describe(self) -> dict:
+        model_defaults = self.engine.model.generation_config.to_diff_dict()
+        overridden = {k: v for k, v in model_defaults.items() if k not in PLAIN_KEYS}
+        return {**super().describe(), "generation": "greedy, no logits processors (do_sample=False, num_beams=1)",
+                "generate_kwargs": self.generate_kwargs(), "model_generation_config_overridden": overridden}
+
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> Decoded:
         model = self.engine.model
         ids = torch.tensor([prompt_ids], device=self.engine.device)
-        seq = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=sorted(eos_ids), pad_token_id=sorted(eos_ids)[0],
-                             **self.generate_kwargs())
+        eos = sorted(eos_ids)
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                                  eos_token_id=eos, pad_token_id=eos[0], **self.generate_kwargs())
+        with plain_generation_config(model):
+            seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
         out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None)
         out.stop = "eos" if out.output_ids and out.output_ids[-1] in eos_ids else "length"
         return out

@@ -33,3 +33,19 @@ def test_stops_exactly_at_eos_and_budget(tiny, engine):
     assert stopped.output_ids == free[: free.index(eos) + 1] and stopped.stop == "eos"
     short = decode(ar, prompt, 3, set(), cache)
     assert short.output_ids == free[:3] and short.stop == "length"
+
+
+def test_peers_decode_plain_greedy_whatever_the_model_defaults(tiny, engine):
+    """A repetition penalty, suppressed tokens and a minimum length in the model's
+    generation_config would change generate()'s greedy output; the peer leaves them out."""
+    from methods.peers import HFGenerate
+
+    prompt, eos = [5, 9, 5, 9, 5], {2}
+    ref = decode(Autoregressive(engine, "tiny"), prompt, 24, eos, engine.new_cache(64)).output_ids
+    tiny.generation_config.repetition_penalty = 3.0
+    tiny.generation_config.suppress_tokens = ref[:3]
+    tiny.generation_config.min_new_tokens = 20
+    peer = HFGenerate(engine, "tiny")
+    assert peer.generate(prompt, 24, eos).output_ids == ref
+    assert tiny.generation_config.repetition_penalty == 3.0  # restored after the call
+    assert peer.describe()["model_generation_config_overridden"]["repetition_penalty"] == 3.0

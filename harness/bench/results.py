@@ -15,7 +15,8 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "new_tokens", "wall_time", "prefill_time",
-                 "forwards", "accept_lengths", "draft_sizes", "positions", "output_ids", "output_text",
+                 "forwards", "accept_lengths", "draft_sizes", "positions", "accepted", "draft_forwards",
+                 "host_reads", "output_ids", "output_text",
                  "lossless", "diverge_at", "rouge2", "correct", "telemetry")
 # Manifest keys that must agree for --resume to continue a run.
 RESUME_KEYS = ("model", "dtype", "device", "methods", "datasets", "max_new_tokens", "seed", "data_source")
