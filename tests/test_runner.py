@@ -28,9 +28,11 @@ def test_run_writes_schema_and_resume_extends_without_duplicates(tiny_model_dir,
     first = read_records(out / "records.jsonl")
     assert keys(first) == [("ar", "gsm8k", "0", 0), ("ar", "mt-bench", "81", 0), ("ar", "mt-bench", "81", 1)]
     rec = first[0]
-    for field in ("new_tokens", "wall_time", "prefill_time", "forwards", "accept_lengths", "draft_sizes",
-                  "positions", "output_ids", "output_text", "lossless", "diverge_at", "telemetry"):
+    from harness.bench.results import RECORD_FIELDS
+
+    for field in RECORD_FIELDS:
         assert field in rec
+    assert rec["lossless"] is None and rec["order"] == 0  # the baseline has nothing to compare with
     assert sum(rec["accept_lengths"]) == rec["new_tokens"] == rec["forwards"]
     assert rec["telemetry"]["kind"] == "cpu"
     with (out / "records.jsonl").open("a") as f:
@@ -40,7 +42,8 @@ def test_run_writes_schema_and_resume_extends_without_duplicates(tiny_model_dir,
     assert len(keys(second)) == len(set(keys(second))) == 6
     assert second[:3] == first
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["methods"] == ["ar"] and "resumed" in manifest
+    assert manifest["schema_version"] == 2 and manifest["methods"] == ["ar"] and len(manifest["resumes"]) == 1
+    assert manifest["samples"] == {"gsm8k": ["0", "1"], "mt-bench": ["81", "91"]}  # stratified: writing, roleplay
 
 
 def test_interrupt_keeps_records(tiny_model_dir, tmp_path, monkeypatch):
@@ -85,7 +88,7 @@ def test_prompt_longer_than_context_is_skipped_with_reason(tiny_model_dir, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "nope"], "unknown method 'nope'; valid methods: ar"),
-    (["--datasets", "nope"], "unknown dataset 'nope'; valid: gsm8k, xsum, mt-bench"),
+    (["--datasets", "nope"], "unknown dataset 'nope'; valid: gsm8k, xsum, mt-bench, spec-bench"),
     (["--method-arg", "ar"], "expected NAME.KEY=VALUE"),
     (["--method-arg", "ar.window=3"], "unknown option(s) window"),
 ])
@@ -122,5 +125,6 @@ def test_method_labels_run_two_configurations(tiny_model_dir, tmp_path):
     res = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--out", str(out), "--datasets", "gsm8k",
                                     "--num-samples", "1", "--max-new-tokens", "4", "--no-warmup", "--methods", "ar,ar:second"])
     assert res.exit_code == 0, res.output
-    methods = [r["method"] for r in read_records(out / "records.jsonl")]
-    assert methods == ["ar", "ar:second"]
+    records = read_records(out / "records.jsonl")
+    assert {r["method"]: r["order"] for r in records} in ({"ar": 0, "ar:second": 1}, {"ar": 1, "ar:second": 0})
+    assert [r["lossless"] for r in records if r["method"] == "ar:second"] == [True]

@@ -1,10 +1,10 @@
 """Figures drawn from results files only (no model): a run directory, a cost-model JSON
-(harness/costmodel.py) and an analysis JSON (harness/analysis.py). Every figure is written as
-PNG with the numbers it shows as CSV next to it (same name).
+(harness/analysis/costmodel.py) and an analysis JSON (harness/analysis/analyses.py). Every figure
+is written as PNG with the numbers it shows as CSV next to it (same name).
 
-Speedups in every figure are the median of per-turn paired ratios over the baseline, with its
-95% bootstrap interval (the `speedup_median`, `speedup_ci_*` columns of metrics.summarize; the
-report's headline `speedup`, the ratio of mean tokens/s, is in the CSVs too).
+Speedups in every figure are the headline speedup (ratio of mean tokens/s over the pairs) with its
+95% cluster-bootstrap interval (`speedup`, `speedup_ci_*` of metrics.summarize; the median paired
+ratio is in the CSVs too).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from harness.analysis.plotting import (
 from harness.bench.results import load_run
 from harness.bench.runner import summary_of
 
-SPEEDUP_COLS = ["speedup_median", "speedup_ci_low", "speedup_ci_high", "speedup"]
-SPEEDUP_LABEL = "speedup over baseline\n(median paired ratio, 95% CI)"
+SPEEDUP_COLS = ["speedup", "speedup_ci_low", "speedup_ci_high", "speedup_median"]
+SPEEDUP_LABEL = "speedup over baseline\n(ratio of mean tokens/s, 95% CI)"
 
 
 def _non_baseline(summary: pd.DataFrame, manifest: dict) -> pd.DataFrame:
@@ -42,7 +42,7 @@ def _non_baseline(summary: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 def speedup_vs_draft(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list[Path]:
     """Fig 1a: one point per (method, dataset): draft size vs median paired speedup, 95% CI."""
     data = _non_baseline(summary, manifest)[["method", "dataset", "draft_size", *SPEEDUP_COLS]]
-    dropped = data[data[["draft_size", "speedup_median"]].isna().any(axis=1)]
+    dropped = data[data[["draft_size", "speedup"]].isna().any(axis=1)]
     if len(dropped):
         note(f"fig1a: no draft size or speedup for {sorted(set(dropped['method']))}: left out")
     data = data.drop(dropped.index).reset_index(drop=True)
@@ -55,7 +55,7 @@ def speedup_vs_draft(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> li
     span = max(float(data["draft_size"].max() - data["draft_size"].min()), 1.0)
     dodge = {d: (i - (len(datasets) - 1) / 2) * 0.025 * span for i, d in enumerate(datasets)}
     for i, r in data.iterrows():
-        ax.errorbar(r.draft_size + dodge[r.dataset], r.speedup_median, yerr=yerr(data.iloc[[i]]),
+        ax.errorbar(r.draft_size + dodge[r.dataset], r.speedup, yerr=yerr(data.iloc[[i]]),
                     fmt=markers[r.dataset], color=colors[r.method], ms=8, capsize=4, lw=1.5)
     ax.axhline(1.0, color="0.4", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], 1.0, f" baseline ({manifest.get('baseline', 'ar')})", va="bottom", fontsize=9, color="0.3")
@@ -89,7 +89,7 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     """Measured c(n)/c(1), each method's operating point on it, and per method the measured
     speedup next to its bound tau * c(1) / c(n_method)."""
     data = _non_baseline(summary, manifest)[["method", "dataset", "tau", "positions", *SPEEDUP_COLS]]
-    data = data.dropna(subset=["tau", "positions", "speedup_median"]).reset_index(drop=True)
+    data = data.dropna(subset=["tau", "positions", "speedup"]).reset_index(drop=True)
     if data.empty:
         note("costmodel skipped: no method besides the baseline has positions per forward and a speedup")
         return []
@@ -120,8 +120,8 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     data = data.assign(order=[(datasets.index(d), methods.index(m)) for m, d in zip(data["method"], data["dataset"])])
     data = data.sort_values("order").drop(columns="order").reset_index(drop=True)
     xs = np.arange(len(data))
-    bars = right.bar(xs - 0.2, data["speedup_median"], 0.4, yerr=yerr(data), capsize=3,
-                     color=[colors[m] for m in data["method"]], label="measured (median, 95% CI)")
+    bars = right.bar(xs - 0.2, data["speedup"], 0.4, yerr=yerr(data), capsize=3,
+                     color=[colors[m] for m in data["method"]], label="measured (ratio of means, 95% CI)")
     bar_labels(right, bars, inside=True)
     bounds = right.bar(xs + 0.2, data["bound"], 0.4, color="white", edgecolor=[colors[m] for m in data["method"]],
                        hatch="//", label="bound tau * c(1) / c(n)")
@@ -161,7 +161,7 @@ def serial_vs_parallel(summary: pd.DataFrame, manifest: dict, out_dir: Path,
     a.set_ylabel("tau (accepted tokens per target forward)")
     a.set_ylim(0, data["tau"].max() * 1.35)
     a.set_title("Mean accepted tokens per forward")
-    grouped_bars(b, data, datasets, list(methods), "speedup_median", colors, err=True)
+    grouped_bars(b, data, datasets, list(methods), "speedup", colors, err=True)
     b.axhline(1.0, color="0.4", ls="--", lw=1)
     b.set_ylabel(SPEEDUP_LABEL)
     b.set_ylim(0, data["speedup_ci_high"].max() * 1.35)

@@ -1,18 +1,31 @@
-"""Benchmark datasets: bundled JSONL files (or the hub, on request), turned into chat prompts.
+"""Benchmark datasets: bundled JSONL files (or the hub, on request), stratified subsets, chat prompts.
 
-Evaluation reads test splits only; drafter training reads `training_prompts()`, which reads the
-training splits only (GSM8K train, XSum validation).
+Evaluation reads test sets only (GSM8K test, XSum test, MT-bench, Spec-Bench); drafter training
+reads `training_prompts()` (GSM8K train, XSum validation) and tuning reads TUNING_SETS, the same
+training splits from their end. Every file is checked strictly before any model is loaded
+(harness/bench/jsonl.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.bench.jsonl import (
+    DataError,
+    read_jsonl,
+    reference_field,
+    text_field,
+    turns_field,
+    unique_ids,
+)
+
+__all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "chat_prompt", "training_prompts"]
+
 DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
-DATASETS = ("gsm8k", "xsum", "mt-bench")
+DATASETS = ("gsm8k", "xsum", "mt-bench", "spec-bench")
+PATH_KINDS = ("jsonl:", "specbench:")  # a user's file: prompt/reference/id/category, or Spec-Bench's format
 # Tuning sets (method defaults, tree shapes): training splits read from the end, so that they do
 # not overlap the drafter-training prompts, which are read from the start. Never for evaluation.
 TUNING_SETS = ("gsm8k-train", "xsum-train")
@@ -21,42 +34,20 @@ XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\nArticle:
 GSM8K_INSTRUCTION = "{question}\nSolve the problem step by step, then give the final answer as a number."
 
 
-class DataError(ValueError):
-    """A dataset is unknown, missing or malformed; the message names the file and line."""
-
-
 @dataclass
 class Sample:
-    """One benchmark item: the user turns (MT-bench has two) and an optional reference."""
+    """One benchmark item: the user turns (MT-bench has two), an optional reference (a string or
+    several, scored against the best) and the item's category, if the data has categories."""
 
     dataset: str
     sample_id: str
     turns: list[str]
-    reference: str | None = None
+    reference: str | list[str] | None = None
     meta: dict = field(default_factory=dict)
 
-
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Check every line parses and has the required fields (errors name file and line),
-    then load the file with the `datasets` library."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-    from datasets import load_dataset
-
-    return list(load_dataset("json", data_files=str(path), split="train"))
+    @property
+    def category(self) -> str | None:
+        return self.meta.get("category")
 
 
 def gsm8k_answer(text: str) -> str:
@@ -64,31 +55,82 @@ def gsm8k_answer(text: str) -> str:
     return text.split("####")[-1].strip().replace(",", "")
 
 
-def load_samples(name: str, num_samples: int | None = None, source: str = "local") -> list[Sample]:
-    """The first `num_samples` items of a benchmark dataset, in file order (deterministic).
+def known(name: str) -> bool:
+    return name in DATASETS or name in TUNING_SETS or name.startswith(PATH_KINDS)
 
-    name: gsm8k | xsum | mt-bench | jsonl:PATH (fields `prompt`, optional `reference`, `id`).
+
+def all_samples(name: str, source: str = "local") -> list[Sample]:
+    """Every item of a dataset, in file order (tuning sets: from the end of the file).
+
+    name: gsm8k | xsum | mt-bench | spec-bench | a tuning set | jsonl:PATH | specbench:PATH.
     """
+    if not known(name):
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS + TUNING_SETS)}, "
+                        "jsonl:PATH, specbench:PATH")
     if name.startswith("jsonl:"):
-        rows = read_jsonl(Path(name[6:]), ("prompt",))
-        samples = [Sample(name, str(r.get("id", i)), [r["prompt"]], r.get("reference")) for i, r in enumerate(rows)]
-    elif name in TUNING_SETS:
+        return _user_jsonl(name, Path(name[6:]))
+    if name.startswith("specbench:") or name == "spec-bench":
+        path = Path(name[10:]) if name.startswith("specbench:") else DATA_ROOT / "spec_bench" / "question.jsonl"
+        return _conversations(name, path)
+    if name in TUNING_SETS:
         rows = _training_rows(name)
-        samples = [_to_sample(name, i, rows[i]) for i in reversed(range(len(rows)))]
-    elif name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS + TUNING_SETS)}, jsonl:PATH")
-    else:
-        rows = _hub_rows(name) if source == "hub" else _local_rows(name)
-        samples = [_to_sample(name, i, r) for i, r in enumerate(rows)]
-    return samples if num_samples is None else samples[:num_samples]
+        return [_to_sample(name, i, rows[i]) for i in reversed(range(len(rows)))]
+    if name == "mt-bench":
+        return _hub_mt_bench() if source == "hub" else _conversations(name, DATA_ROOT / "mt_bench" / "question.jsonl")
+    rows = _hub_rows(name) if source == "hub" else _local_rows(name)
+    return [_to_sample(name, i, r) for i, r in enumerate(rows)]
+
+
+def select(samples: list[Sample], n: int | None) -> list[Sample]:
+    """A deterministic subset of n items, stratified by category where items have one: round-robin
+    over the categories in order of first appearance, each category's items in file order.
+    Without categories: the first n items. n = None: every item."""
+    if n is None or n >= len(samples):
+        return list(samples)
+    if any(s.category is None for s in samples):
+        return samples[:n]
+    by_cat: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_cat.setdefault(s.category, []).append(s)
+    picked: list[Sample] = []
+    depth = 0
+    while len(picked) < n:
+        picked += [items[depth] for items in by_cat.values() if depth < len(items)][: n - len(picked)]
+        depth += 1
+    order = {id(s): i for i, s in enumerate(samples)}
+    return sorted(picked, key=lambda s: order[id(s)])
+
+
+def load_samples(name: str, num_samples: int | None = None, source: str = "local") -> list[Sample]:
+    """`select(all_samples(name), num_samples)`: the items a run measures."""
+    return select(all_samples(name, source), num_samples)
+
+
+def _user_jsonl(name: str, path: Path) -> list[Sample]:
+    """A user's file: `prompt` (required), optional `reference`, `id` (unique), `category`."""
+    rows = read_jsonl(path, ("prompt",))
+    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
+    unique_ids(path, rows, ids)
+    out = []
+    for sid, r in zip(ids, rows):
+        meta = {"category": str(r["category"])} if r.get("category") is not None else {}
+        out.append(Sample(name, sid, [text_field(path, r, "prompt")], reference_field(path, r), meta))
+    return out
+
+
+def _conversations(name: str, path: Path) -> list[Sample]:
+    """MT-bench / Spec-Bench format: `question_id`, `category`, `turns`; references not scored."""
+    rows = read_jsonl(path, ("question_id", "turns"))
+    ids = [str(r["question_id"]) for r in rows]
+    unique_ids(path, rows, ids)
+    return [Sample(name, sid, turns_field(path, r), None, {"category": r.get("category")})
+            for sid, r in zip(ids, rows)]
 
 
 def _local_rows(name: str) -> list[dict]:
     if name == "gsm8k":
         return read_jsonl(DATA_ROOT / "gsm8k" / "test.jsonl", ("question", "answer"))
-    if name == "xsum":
-        return read_jsonl(DATA_ROOT / "xsum" / "test-1000.jsonl", ("document", "summary", "id"))
-    return read_jsonl(DATA_ROOT / "mt_bench" / "question.jsonl", ("question_id", "turns"))
+    return read_jsonl(DATA_ROOT / "xsum" / "test-1000.jsonl", ("document", "summary", "id"))
 
 
 def _training_rows(name: str) -> list[dict]:
@@ -98,33 +140,39 @@ def _training_rows(name: str) -> list[dict]:
 
 
 def _hub_rows(name: str) -> list[dict]:
-    """Full test splits from the Hugging Face hub (needs network access)."""
+    """Full GSM8K / XSum test splits from the Hugging Face hub (needs network access)."""
     from datasets import load_dataset
 
     try:
         if name == "gsm8k":
             return list(load_dataset("openai/gsm8k", "main", split="test"))
-        if name == "xsum":
-            return list(load_dataset("EdinburghNLP/xsum", split="test"))
-        rows = load_dataset("HuggingFaceH4/mt_bench_prompts", split="train")
-        return [{"question_id": r["question_id"], "turns": r["prompt"], "category": r["category"]} for r in rows]
+        return list(load_dataset("EdinburghNLP/xsum", split="test"))
     except Exception as err:  # the hub is optional: say what failed and how to avoid it
         raise DataError(f"could not load {name} from the hub ({err}); use --data-source local") from err
+
+
+def _hub_mt_bench() -> list[Sample]:
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset("HuggingFaceH4/mt_bench_prompts", split="train")
+    except Exception as err:
+        raise DataError(f"could not load mt-bench from the hub ({err}); use --data-source local") from err
+    return [Sample("mt-bench", str(r["question_id"]), list(r["prompt"]), None, {"category": r["category"]})
+            for r in rows]
 
 
 def _to_sample(name: str, index: int, row: dict) -> Sample:
     if name.startswith("gsm8k"):
         turn = GSM8K_INSTRUCTION.format(question=row["question"])
         return Sample(name, str(index), [turn], gsm8k_answer(row["answer"]))
-    if name.startswith("xsum"):
-        turn = XSUM_INSTRUCTION.format(document=row["document"])
-        return Sample(name, str(row["id"]), [turn], row["summary"])
-    return Sample(name, str(row["question_id"]), list(row["turns"]), None, {"category": row.get("category")})
+    turn = XSUM_INSTRUCTION.format(document=row["document"])
+    return Sample(name, str(row["id"]), [turn], row["summary"])
 
 
 def chat_prompt(tokenizer, turns: list[str], answers: list[str]) -> list[int]:
     """Token ids of a conversation through the model's chat template, ending with the
-    generation prompt for the next answer. turns[i] was answered by answers[i] (the model's own)."""
+    generation prompt for the next answer. turns[i] was answered by answers[i]."""
     messages = []
     for i, turn in enumerate(turns):
         messages.append({"role": "user", "content": turn})
@@ -156,5 +204,4 @@ def extract_number(text: str) -> str | None:
     found = _NUMBER.findall(tail)
     if not found:
         return None
-    value = found[-1].replace(",", "").rstrip(".")
-    return value
+    return found[-1].replace(",", "").rstrip(".")

@@ -1,9 +1,17 @@
 """Every metric the harness reports, defined once (see the README's "Metrics" section).
 
-Per record: tokens/s, Rouge-2, GSM8K correctness. Per (method, dataset): speedup (ratio of mean
-tokens/s, and median of paired per-record ratios with a bootstrap 95% interval), tau (generated
-tokens / target forwards, prefill included), draft size and positions per decoding forward,
-quality, lossless rate, joules per token.
+Per record: tokens/s, Rouge-2, GSM8K correctness. Per (method, dataset[, category]):
+- speedup: ratio of mean tokens/s over the pairs (Spec-Bench's definition), and the median of
+  per-turn paired ratios; each with a 95% cluster-bootstrap interval that resamples samples
+  (all turns of a sample together); n = number of (method, baseline) pairs;
+- tau: generated tokens / target forwards, the prefill forward included (ours; CI regresses on it);
+- accept_len: 1 + accepted drafts / decoding steps (the field's decode-only convention, EAGLE
+  and vLLM), and per-position acceptance: the share of decoding steps whose draft position i
+  was accepted, i = 1..deepest;
+- draft size and positions per decoding forward, draft forwards per decoding step, host reads
+  per decoding step;
+- quality, lossless rate (records with a baseline to compare with), ties and mismatches among
+  the divergences (harness/bench/divergence.py), joules per token.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import pandas as pd
 
 from harness.bench.data import extract_number
 
+BOOTSTRAP_ROUNDS = 2000
+
 
 @lru_cache(maxsize=1)
 def _rouge():
@@ -24,9 +34,10 @@ def _rouge():
     return rouge_scorer.RougeScorer(["rouge2"], use_stemmer=True)
 
 
-def rouge2(prediction: str, reference: str) -> float:
-    """Rouge-2 F1 with Porter stemming (Google's rouge_score, the reference implementation)."""
-    return float(_rouge().score(reference, prediction)["rouge2"].fmeasure)
+def rouge2(prediction: str, reference: str | list[str]) -> float:
+    """Rouge-2 F1 with Porter stemming (Google's rouge_score); several references: the best."""
+    refs = [reference] if isinstance(reference, str) else reference
+    return max(float(_rouge().score(r, prediction)["rouge2"].fmeasure) for r in refs)
 
 
 def gsm8k_correct(output: str, reference: str) -> bool:
@@ -48,14 +59,31 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def bootstrap_median_ci(values: np.ndarray, seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median."""
-    if len(values) == 0:
-        return (math.nan, math.nan)
+def cluster_bootstrap(pairs: pd.DataFrame, seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS) -> dict:
+    """Speedup statistics of paired turns with 95% percentile intervals from a bootstrap over
+    clusters (column `cluster`, e.g. the sample: its turns are resampled together).
+
+    pairs: columns cluster, tps (method tokens/s), tps_base. Returns speedup (ratio of mean
+    tokens/s) and speedup_median (median of per-turn ratios), each with ci_low / ci_high."""
+    nan = {k: math.nan for k in ("speedup", "speedup_ci_low", "speedup_ci_high", "speedup_median",
+                                 "median_ci_low", "median_ci_high")}
+    if pairs.empty:
+        return nan
+    codes, clusters = pd.factorize(pairs["cluster"])
+    tps, base = pairs["tps"].to_numpy(float), pairs["tps_base"].to_numpy(float)
+    ratio = tps / base
     rng = np.random.default_rng(seed)
-    draws = rng.choice(values, size=(rounds, len(values)), replace=True)
-    medians = np.median(draws, axis=1)
-    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+    draws = rng.integers(0, len(clusters), size=(rounds, len(clusters)))  # clusters per round
+    weight = np.stack([np.bincount(d, minlength=len(clusters)) for d in draws])  # [rounds, clusters]
+    rows_w = weight[:, codes]  # [rounds, rows]: how often each row is drawn
+    means = (rows_w @ tps) / (rows_w @ base)
+    order = np.argsort(ratio)
+    cum = np.cumsum(rows_w[:, order], axis=1)  # weighted median per round
+    medians = ratio[order][np.argmax(cum >= cum[:, -1:] / 2, axis=1)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    mlo, mhi = np.percentile(medians, [2.5, 97.5])
+    return {"speedup": float(tps.mean() / base.mean()), "speedup_ci_low": float(lo), "speedup_ci_high": float(hi),
+            "speedup_median": float(np.median(ratio)), "median_ci_low": float(mlo), "median_ci_high": float(mhi)}
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -68,49 +96,83 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     if df.empty:
         return df
     df["tokens_per_s"] = df["new_tokens"] / df["wall_time"]
+    if "category" not in df:
+        df["category"] = None
     return df
 
 
-def _mean_decode(lists: pd.Series) -> float:
-    """Mean over decoding forwards (the prefill, element 0, excluded)."""
-    vals = [v for row in lists if isinstance(row, list) for v in row[1:]]
-    return float(np.mean(vals)) if vals else math.nan
+def _decode_steps(lists: pd.Series) -> list:
+    """Per-forward values of decoding forwards (the prefill, element 0, excluded)."""
+    return [v for row in lists if isinstance(row, list) for v in row[1:]]
 
 
-def _paired(df: pd.DataFrame, method: str, dataset: str, baseline: str) -> pd.DataFrame:
-    keys = ["sample_id", "turn"]
-    m = df[(df.method == method) & (df.dataset == dataset)]
-    b = df[(df.method == baseline) & (df.dataset == dataset)][keys + ["tokens_per_s"]]
-    return m.merge(b, on=keys, suffixes=("", "_base"), how="inner")
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
 
 
-def summarize(records: list[dict], baseline: str = "ar", seed: int = 0) -> pd.DataFrame:
-    """One row per (method, dataset) with every reported metric."""
+def acceptance(g: pd.DataFrame) -> dict:
+    """tau, accept_len and per-position acceptance rates of one group of records."""
+    forwards = g["forwards"].dropna() if "forwards" in g else pd.Series(dtype=float)
+    tau = float(g.loc[forwards.index, "new_tokens"].sum() / forwards.sum()) if len(forwards) else math.nan
+    steps = [a for row in g.get("accepted", []) if isinstance(row, list) for a in row]
+    if not steps:
+        return {"tau": tau, "accept_len": math.nan, "accept_rate": []}
+    acc = np.array(steps)
+    rates = [round(float((acc >= i).mean()), 4) for i in range(1, int(acc.max()) + 1)]
+    return {"tau": tau, "accept_len": float(1 + acc.mean()), "accept_rate": rates}
+
+
+def _divergences(g: pd.DataFrame) -> dict:
+    kinds = [d.get("kind") for d in g.get("divergence", []) if isinstance(d, dict)]
+    lossless = g["lossless"].dropna() if "lossless" in g else pd.Series(dtype=object)
+    return {"lossless_rate": float(lossless.astype(float).mean()) if len(lossless) else math.nan,
+            "ties": kinds.count("tie"), "mismatches": kinds.count("mismatch")}
+
+
+def _per_step(g: pd.DataFrame, column: str) -> float:
+    """A per-turn total divided by the turn's decoding steps, over the group."""
+    if column not in g or "forwards" not in g:
+        return math.nan
+    ok = g[column].notna() & g["forwards"].notna()
+    steps = (g.loc[ok, "forwards"] - 1).sum()
+    return float(g.loc[ok, column].sum() / steps) if steps > 0 else math.nan
+
+
+def pairs_of(df: pd.DataFrame, method: str, keys: dict, baseline: str) -> pd.DataFrame:
+    """The (method, baseline) turn pairs of one group: cluster = sample, tps, tps_base."""
+    sel = np.logical_and.reduce([df[k] == v for k, v in keys.items()] + [np.ones(len(df), bool)])
+    m, b = df[sel & (df.method == method)], df[sel & (df.method == baseline)]
+    joined = m.merge(b[["sample_id", "turn", "tokens_per_s"]], on=["sample_id", "turn"], suffixes=("", "_base"))
+    return pd.DataFrame({"cluster": joined["sample_id"], "tps": joined["tokens_per_s"],
+                         "tps_base": joined["tokens_per_s_base"]})
+
+
+def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per (method, dataset, *by) with every reported metric."""
     df = records_frame(records)
-    rows = []
     if df.empty:
         return pd.DataFrame()
-    for (method, dataset), g in df.groupby(["method", "dataset"], sort=False):
-        pair = _paired(df, method, dataset, baseline)
-        ratios = (pair["tokens_per_s"] / pair["tokens_per_s_base"]).to_numpy()
-        lo, hi = bootstrap_median_ci(ratios, seed)
-        forwards = g["forwards"].dropna()
-        row = {
-            "method": method, "dataset": dataset, "n": len(g),
-            "tokens_per_s": float(g["tokens_per_s"].mean()),
-            "speedup": float(pair["tokens_per_s"].mean() / pair["tokens_per_s_base"].mean()) if len(pair) else math.nan,
-            "speedup_median": float(np.median(ratios)) if len(ratios) else math.nan,
-            "speedup_ci_low": lo, "speedup_ci_high": hi,
-            "tau": float(g.loc[forwards.index, "new_tokens"].sum() / forwards.sum()) if len(forwards) else math.nan,
-            "draft_size": _mean_decode(g["draft_sizes"]) if "draft_sizes" in g else math.nan,
-            "positions": _mean_decode(g["positions"]) if "positions" in g else math.nan,
-            "rouge2": float(g["rouge2"].dropna().mean()) if "rouge2" in g and g["rouge2"].notna().any() else math.nan,
-            "accuracy": float(g["correct"].dropna().astype(float).mean()) if "correct" in g and g["correct"].notna().any() else math.nan,
-            "lossless_rate": float(g["lossless"].dropna().astype(float).mean()) if g["lossless"].notna().any() else math.nan,
-            "joules_per_token": _joules_per_token(g),
-        }
-        rows.append(row)
+    keys = ["dataset", *by]
+    rows = []
+    for (method, *group), g in df.groupby(["method", *keys], sort=False, dropna=False):
+        where = dict(zip(keys, group))
+        pairs = pairs_of(df, method, where, baseline)
+        rows.append({"method": method, **where, "n": len(pairs), "records": len(g),
+                     "tokens_per_s": float(g["tokens_per_s"].mean()),
+                     **cluster_bootstrap(pairs, seed), **acceptance(g),
+                     "draft_size": _mean(_decode_steps(g.get("draft_sizes", []))),
+                     "positions": _mean(_decode_steps(g.get("positions", []))),
+                     "draft_forwards_per_step": _per_step(g, "draft_forwards"),
+                     "host_reads_per_step": _per_step(g, "host_reads"),
+                     "rouge2": _quality(g, "rouge2"), "accuracy": _quality(g, "correct"),
+                     **_divergences(g), "joules_per_token": _joules_per_token(g)})
     return pd.DataFrame(rows)
+
+
+def _quality(g: pd.DataFrame, column: str) -> float:
+    if column not in g or not g[column].notna().any():
+        return math.nan
+    return float(g[column].dropna().astype(float).mean())
 
 
 def _joules_per_token(g: pd.DataFrame) -> float:

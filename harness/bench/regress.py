@@ -5,11 +5,13 @@ The rule, per (method, dataset) of the reference:
 - tau (rounded to 1e-9) and the lossless rate must be equal exactly: under greedy decoding on
   the same model, weights, dtype and device they are deterministic, so any change is a change
   of behaviour, not noise;
-- speed: the new run's median paired speedup must not fall below the reference's 95% bootstrap
-  interval by more than a margin: fail when new median < reference ci_low - margin (margin in
-  speedup units, default 0.05). The interval is that of the median of per-turn paired ratios,
-  so the same statistic is compared; the margin absorbs a slightly slower machine;
-- a (method, dataset) of the reference missing from the new run fails.
+- speed: the new run's speedup (ratio of mean tokens/s) must not fall below the reference's 95%
+  cluster-bootstrap interval of the same statistic by more than a margin: fail when new speedup <
+  reference ci_low - margin (margin in speedup units, default 0.05); the margin absorbs a slightly
+  slower machine;
+- a (method, dataset) of the reference missing from the new run fails;
+- the A/A control (`ar:control`, `run --control`): a new run whose control interval excludes
+  1.00 fails, whatever the reference says: a run that cannot time itself cannot time the methods.
 
 When tau or the lossless rate changed, the manifests are compared for the usual explanations
 (model key, dtype, device, budget, sample count, and the method's configuration).
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.bench.plan import CONTROL
 from harness.bench.results import load_run
 from harness.bench.runner import summary_of
 
@@ -85,10 +88,10 @@ def _check(r: pd.Series, n: pd.Series, margin: float) -> list[str]:
     if not _equal(r.lossless_rate, n.lossless_rate):
         out.append(f"lossless rate {_fmt(r.lossless_rate)} -> {_fmt(n.lossless_rate)}")
     floor = r.speedup_ci_low - margin
-    if not math.isnan(floor) and not n.speedup_median >= floor:
-        out.append(f"speedup {_fmt(n.speedup_median, '.3f')} below reference interval "
+    if not math.isnan(floor) and not n.speedup >= floor:
+        out.append(f"speedup {_fmt(n.speedup, '.3f')} below reference interval "
                    f"[{_fmt(r.speedup_ci_low, '.3f')}, {_fmt(r.speedup_ci_high, '.3f')}] - margin {margin:g} "
-                   f"(reference median {_fmt(r.speedup_median, '.3f')})")
+                   f"(reference speedup {_fmt(r.speedup, '.3f')})")
     return out
 
 
@@ -105,11 +108,11 @@ def compare(run_dir: Path, ref_dir: Path, margin: float = DEFAULT_MARGIN) -> Com
         method, dataset = key
         n = new_index.pop(key, None)
         row = {"method": method, "dataset": dataset, "tau_ref": r.tau, "lossless_ref": r.lossless_rate,
-               "speedup_ref": r.speedup_median, "ci_low_ref": r.speedup_ci_low, "ci_high_ref": r.speedup_ci_high}
+               "speedup_ref": r.speedup, "ci_low_ref": r.speedup_ci_low, "ci_high_ref": r.speedup_ci_high}
         if n is None:
             problems = ["missing from the new run"]
         else:
-            row.update(tau_new=n.tau, lossless_new=n.lossless_rate, speedup_new=n.speedup_median)
+            row.update(tau_new=n.tau, lossless_new=n.lossless_rate, speedup_new=n.speedup)
             problems = _check(r, n, margin)
             if any(p.startswith(("tau", "lossless")) for p in problems):
                 explained = _config_diff(ref_manifest, new_manifest, method)
@@ -123,10 +126,21 @@ def compare(run_dir: Path, ref_dir: Path, margin: float = DEFAULT_MARGIN) -> Com
         cmp.rows.append({"method": method, "dataset": dataset, "status": "new (not in reference)",
                          "tau_new": new_index[(method, dataset)].tau,
                          "lossless_new": new_index[(method, dataset)].lossless_rate,
-                         "speedup_new": new_index[(method, dataset)].speedup_median})
+                         "speedup_new": new_index[(method, dataset)].speedup})
+    cmp.failures += [f"{CONTROL} / {line}" for line in _control_failures(new)]
     if ref_manifest.get("model_key") != new_manifest.get("model_key"):
         cmp.notes.append(f"model changed: {ref_manifest.get('model_key')!r} -> {new_manifest.get('model_key')!r}")
     return cmp
+
+
+def _control_failures(summary: pd.DataFrame) -> list[str]:
+    """Datasets where the new run's A/A control interval excludes 1.00."""
+    if summary.empty:
+        return []
+    rows = summary[summary["method"] == CONTROL]
+    return [f"{r.dataset}: control speedup {r.speedup:.3f} [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}] "
+            "excludes 1.00: the run cannot time itself" for r in rows.itertuples()
+            if not r.speedup_ci_low <= 1.0 <= r.speedup_ci_high]
 
 
 def render(cmp: Comparison, margin: float) -> str:
@@ -143,8 +157,8 @@ def render(cmp: Comparison, margin: float) -> str:
         "status": r["status"],
     } for r in cmp.rows])
     lines = [table.to_markdown(index=False, disable_numparse=True), "",
-             f"rule: tau (to 1e-{TAU_DIGITS}) and lossless rate equal; median paired speedup >= reference "
-             f"95% CI low - {margin:g}"]
+             f"rule: tau (to 1e-{TAU_DIGITS}) and lossless rate equal; speedup >= reference "
+             f"95% CI low - {margin:g}; an A/A control interval holds 1.00"]
     lines += [f"note: {n}" for n in cmp.notes]
     if cmp.failures:
         lines += ["", f"REGRESSION ({len(cmp.failures)}):"] + [f"  {f}" for f in cmp.failures]

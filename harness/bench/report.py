@@ -1,54 +1,75 @@
-"""The method x dataset table of a run, printed and written as Markdown and CSV."""
+"""The method x dataset table of a run, printed and written as Markdown and CSV, with the A/A
+control's verdict: a run whose control interval excludes 1.00 cannot time the methods."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from harness.bench.plan import CONTROL
 from harness.bench.runner import summary_of
 
-COLUMNS = {
-    "method": "method", "dataset": "dataset", "n": "n", "speedup": "speedup",
-    "speedup_ci": "median paired speedup [95% CI]", "tau": "tau", "draft_size": "draft",
-    "positions": "positions/fwd", "tokens_per_s": "tok/s", "quality": "Rouge-2 / acc",
-    "lossless_rate": "lossless", "joules_per_token": "J/token",
-}
 
-
-def _fmt(x: float, spec: str) -> str:
+def _fmt(x, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def table(summary: pd.DataFrame) -> pd.DataFrame:
+def _interval(value, lo, hi) -> str:
+    return f"{_fmt(value, '.2f')} [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}]"
+
+
+def _rates(rates) -> str:
+    return "/".join(f"{r:.2f}" for r in rates[:4]) + ("/..." if len(rates) > 4 else "") if rates else "-"
+
+
+def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """Human-readable table from metrics.summarize() output."""
-    if summary.empty:
-        return pd.DataFrame(columns=list(COLUMNS.values()))
     rows = []
-    for r in summary.itertuples(index=False):
-        quality = r.rouge2 if not math.isnan(r.rouge2) else r.accuracy
+    for r in summary.to_dict("records"):
+        quality = r["rouge2"] if not math.isnan(r["rouge2"]) else r["accuracy"]
         rows.append({
-            "method": r.method, "dataset": r.dataset, "n": r.n,
-            "speedup": _fmt(r.speedup, ".2f") + ("x" if not math.isnan(r.speedup) else ""),
-            "speedup_ci": f"{_fmt(r.speedup_median, '.2f')} [{_fmt(r.speedup_ci_low, '.2f')}, {_fmt(r.speedup_ci_high, '.2f')}]",
-            "tau": _fmt(r.tau, ".2f"), "draft_size": _fmt(r.draft_size, ".1f"),
-            "positions": _fmt(r.positions, ".1f"), "tokens_per_s": _fmt(r.tokens_per_s, ".1f"),
-            "quality": _fmt(quality, ".3f"), "lossless_rate": _fmt(100 * r.lossless_rate, ".0f") + "%"
-            if not math.isnan(r.lossless_rate) else "-",
-            "joules_per_token": _fmt(r.joules_per_token, ".3f"),
+            "method": r["method"], "dataset": r["dataset"], **{k: r[k] for k in by}, "n": r["n"],
+            "speedup [95% CI]": _interval(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+            "median paired [95% CI]": _interval(r["speedup_median"], r["median_ci_low"], r["median_ci_high"]),
+            "tau": _fmt(r["tau"], ".2f"), "accept_len": _fmt(r["accept_len"], ".2f"),
+            "accepted at 1/2/3/4": _rates(r["accept_rate"]), "draft": _fmt(r["draft_size"], ".1f"),
+            "positions/fwd": _fmt(r["positions"], ".1f"), "tok/s": _fmt(r["tokens_per_s"], ".1f"),
+            "Rouge-2 / acc": _fmt(quality, ".3f"),
+            "lossless": "-" if math.isnan(r["lossless_rate"]) else f"{100 * r['lossless_rate']:.0f}%",
+            "ties / mismatches": f"{r['ties']} / {r['mismatches']}",
+            "J/token": _fmt(r["joules_per_token"], ".3f"),
         })
-    return pd.DataFrame(rows).rename(columns=COLUMNS)
+    return pd.DataFrame(rows)
 
 
-def report(run_dir: Path, write: bool = True) -> str:
-    """Summarise a run directory; writes summary.csv (raw numbers) and summary.md."""
+def control_verdicts(summary: pd.DataFrame) -> list[str]:
+    """One line per dataset with an A/A control: its speedup, interval, and whether it holds 1.00."""
+    lines = []
+    for r in summary[summary["method"] == CONTROL].to_dict("records") if not summary.empty else []:
+        holds = r["speedup_ci_low"] <= 1.0 <= r["speedup_ci_high"]
+        verdict = "ok" if holds else "FLAGGED: the interval excludes 1.00, this run cannot time the methods"
+        lines.append(f"A/A control {r['dataset']}: {_interval(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])}"
+                     f" ({verdict})")
+    return lines
+
+
+def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
+    """Summarise a run directory; writes summary.csv (raw numbers) and summary.md (by category:
+    summary-<by>.csv/.md)."""
     run_dir = Path(run_dir)
-    summary, skipped = summary_of(run_dir)
-    text = table(summary).to_markdown(index=False) if not summary.empty else "(no decoded records)"
+    summary, skipped = summary_of(run_dir, by=by)
+    text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
+    notes = control_verdicts(summary)
     if skipped:
-        text += f"\n\n{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: {skipped[0]['skipped']}"
+        notes.append(f"{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: "
+                     f"{skipped[0]['skipped']}")
+    text = "\n\n".join([text, *notes])
     if write:
-        summary.to_csv(run_dir / "summary.csv", index=False)
-        (run_dir / "summary.md").write_text(text + "\n")
+        stem = "summary" + "".join(f"-{b}" for b in by)
+        csv = summary.assign(accept_rate=summary["accept_rate"].map(json.dumps)) if not summary.empty else summary
+        csv.to_csv(run_dir / f"{stem}.csv", index=False)
+        (run_dir / f"{stem}.md").write_text(text + "\n")
     return text

@@ -12,55 +12,16 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: order, category, divergence; lossless null without a reference
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
-RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "new_tokens", "wall_time", "prefill_time",
-                 "forwards", "accept_lengths", "draft_sizes", "positions", "accepted", "draft_forwards",
-                 "host_reads", "output_ids", "output_text",
-                 "lossless", "diverge_at", "rouge2", "correct", "telemetry")
-# Manifest keys that must agree for --resume to continue a run.
-RESUME_KEYS = ("model", "dtype", "device", "methods", "datasets", "max_new_tokens", "seed", "data_source")
+RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "category", "order", "new_tokens", "wall_time",
+                 "prefill_time", "forwards", "accept_lengths", "draft_sizes", "positions", "accepted",
+                 "draft_forwards", "host_reads", "output_ids", "output_text", "lossless", "diverge_at",
+                 "divergence", "rouge2", "correct", "telemetry")
 
 
 class ResultsError(RuntimeError):
-    """The output directory cannot be used as asked; the message says why and what to do."""
-
-
-def new_run_dir(root: Path = RESULTS_ROOT / "runs") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, i = root / stamp, 1
-    while path.exists():
-        path, i = root / f"{stamp}-{i}", i + 1
-    return path
-
-
-def check_dir(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse to mix runs: an existing run is continued (--resume) or replaced (--overwrite).
-    Raises before anything is loaded or written; returns whether `out` holds a run."""
-    if resume and overwrite:
-        raise ResultsError("--resume and --overwrite exclude each other")
-    holds_run = (out / "manifest.json").exists() or (out / "records.jsonl").exists()
-    if holds_run and not (resume or overwrite):
-        raise ResultsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if resume and not holds_run:
-        raise ResultsError(f"--resume: {out} holds no run to continue")
-    return holds_run
-
-
-def prepare_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """check_dir, then clear a run being replaced and create the directory."""
-    holds_run = check_dir(out, resume, overwrite)
-    if holds_run and overwrite:
-        for name in ("manifest.json", "records.jsonl", "summary.csv", "summary.md"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def check_resumable(out: Path, manifest: dict) -> None:
-    old = json.loads((out / "manifest.json").read_text())
-    diff = [k for k in RESUME_KEYS if old.get(k) != manifest.get(k)]
-    if diff:
-        raise ResultsError(f"--resume: {out} was run with different {', '.join(diff)}; use a new --out")
+    """The output directory or a results file cannot be used as asked; the message says why."""
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -85,10 +46,18 @@ def read_records(path: Path) -> list[dict]:
 
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:
+    """(manifest, records) of a run directory; a missing or corrupt file is a ResultsError naming it."""
     path = Path(path)
-    if not (path / "manifest.json").exists():
+    manifest = path / "manifest.json"
+    if not manifest.exists():
         raise ResultsError(f"{path} is not a run directory (no manifest.json)")
-    return json.loads((path / "manifest.json").read_text()), read_records(path / "records.jsonl")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{manifest} is corrupt ({err}); it is not a manifest this harness can read") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{manifest} is corrupt (not a JSON object)")
+    return data, read_records(path / "records.jsonl")
 
 
 class RecordWriter:

@@ -1,84 +1,57 @@
 """Benchmark runs: methods x datasets x samples, paired timing, one record per turn.
 
-Each sample is decoded by the autoregressive baseline and then by every other method, back to
-back, after a warm-up, so that speedups are paired ratios that survive a drifting machine.
+The protocol (README "How a run works"): per sample, every method (the baseline, the A/A
+control when asked for, every other method) decodes each turn back to back, in a seeded
+permutation of the methods recorded in each record (`order`), after an untimed warm-up of
+every method on an unmeasured item of each dataset at the full budget. Turn t of every method
+is asked after the baseline's answers to turns < t, so each pair times the same prompt. A
+turn's records are written once every method has decoded it: then losslessness is known, and
+a divergence is diagnosed (harness/bench/divergence.py).
 """
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import methods as registry
-from harness.bench import metrics, results
-from harness.bench.data import Sample, chat_prompt, load_samples
+from harness.bench import metrics, rundir
+from harness.bench.data import Sample, chat_prompt
+from harness.bench.divergence import diagnose
+from harness.bench.plan import CACHE_SLACK, Plan, RunConfig, validate
 from harness.bench.records import make_record, skipped_record
+from harness.bench.results import RecordWriter, base_manifest, load_run, write_json
 from harness.bench.telemetry import Telemetry, telemetry_kind
 from harness.core.decoding import Decoded, decode, synchronize
 from harness.core.engine import Engine, KVCache
-from harness.core.method import Method, MethodError
-from harness.core.modelload import LoadedModel, load_model
+from harness.core.method import Method
+from harness.core.modelload import load_model
 
-CACHE_SLACK = 256  # room for draft rows beyond prompt + budget
-
-
-@dataclass
-class RunConfig:
-    methods: list[str]
-    datasets: list[str]
-    model: str = "smollm2"
-    device: str = "auto"
-    dtype: str | None = None
-    num_samples: int | None = 10
-    max_new_tokens: int = 128
-    seed: int = 0
-    data_source: str = "local"
-    method_args: dict[str, dict[str, str]] = field(default_factory=dict)
-    out: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    telemetry: bool = True
-    warmup: bool = True
+__all__ = ["RunConfig", "Runner", "summary_of", "permutation"]
 
 
-def method_order(requested: list[str]) -> list[str]:
-    """The baseline first (added when not requested), then the others in the order given."""
-    return [registry.BASELINE] + [m for m in dict.fromkeys(requested) if m != registry.BASELINE]
-
-
-def validate(cfg: RunConfig) -> None:
-    """Fail fast, before loading any model, on unknown methods, datasets or options."""
-    for name in cfg.methods:
-        registry.get(name)
-    unknown = set(cfg.method_args) - set(cfg.methods) - {registry.BASELINE}
-    if unknown:
-        raise MethodError(f"--method-arg names method(s) not in --methods: {', '.join(sorted(unknown))}")
-    for name, values in cfg.method_args.items():
-        registry.get(name).resolve_options(values)
-
-
-def build_methods(lm: LoadedModel, engine: Engine, names: list[str], args: dict) -> dict[str, Method]:
-    return {name: registry.get(name)(engine, lm.key, **args.get(name, {})) for name in names}
+def permutation(names: list[str], seed: int, dataset: str, sample_id: str) -> list[str]:
+    """The seeded order in which a sample's methods decode (the same for every turn)."""
+    return random.Random(f"{seed}:{dataset}:{sample_id}").sample(names, len(names))
 
 
 class Runner:
     """Holds the model, methods and output files of one run."""
 
     def __init__(self, cfg: RunConfig, progress: bool = True):
-        validate(cfg)
+        self.plan: Plan = validate(cfg)  # nothing loaded or written before this passes
         self.cfg, self.progress = cfg, progress
-        self.out = Path(cfg.out) if cfg.out else results.new_run_dir()
-        results.check_dir(self.out, cfg.resume, cfg.overwrite)
         torch.manual_seed(cfg.seed)
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype)
         self.engine = Engine(self.lm.model)
-        self.names = method_order(cfg.methods)
-        self.methods = build_methods(self.lm, self.engine, self.names, cfg.method_args)
-        results.prepare_dir(self.out, cfg.resume, cfg.overwrite)  # only once everything could be built
+        self.names = self.plan.names
+        self.methods: dict[str, Method] = {n: registry.get(n)(self.engine, self.lm.key, **cfg.method_args.get(n, {}))
+                                           for n in self.names}
+        self.out: Path = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
         self.cache: KVCache | None = None
@@ -91,15 +64,28 @@ class Runner:
         return ids
 
     def manifest(self) -> dict:
-        m = results.base_manifest(self.lm.device)
-        m.update({"model": self.cfg.model, "model_key": self.lm.key, "model_source": self.lm.source,
-                  "dtype": self.lm.dtype, "device": self.lm.device, "methods": self.names,
-                  "method_configs": {n: self.methods[n].describe() for n in self.names},
-                  "datasets": self.cfg.datasets, "num_samples": self.cfg.num_samples,
-                  "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,
-                  "data_source": self.cfg.data_source, "telemetry": self.kind, "eos_ids": sorted(self.eos),
-                  "baseline": registry.BASELINE})
-        return m
+        """A new run's manifest; a resumed run keeps its own and gains one entry per resume."""
+        now = base_manifest(self.lm.device)
+        samples = {d: [s.sample_id for s in v] for d, v in self.plan.samples.items()}
+        if self.plan.resumed is not None:
+            old = dict(self.plan.resumed)
+            resume = {k: now[k] for k in ("created", "command", "hardware", "git", "libraries")}
+            if old.get("num_samples") != self.cfg.num_samples:
+                resume["num_samples"] = [old.get("num_samples"), self.cfg.num_samples]
+            old.update(resumes=old.get("resumes", []) + [resume], num_samples=self.cfg.num_samples, samples=samples)
+            return old
+        now.update({"request": self.plan.request, "model": self.cfg.model, "model_key": self.lm.key,
+                    "model_source": self.lm.source, "dtype": self.lm.dtype, "device": self.lm.device,
+                    "methods": self.names, "method_configs": {n: self.methods[n].describe() for n in self.names},
+                    "datasets": list(self.plan.samples), "num_samples": self.cfg.num_samples,
+                    "samples": samples,
+                    "warmup_items": {d: (s.sample_id if s else None) for d, s in self.plan.warmup.items()},
+                    "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,
+                    "data_source": self.cfg.data_source, "telemetry": self.kind, "eos_ids": sorted(self.eos),
+                    "baseline": registry.BASELINE, "control": self.cfg.control,
+                    "order": "seeded permutation per sample (record field `order`)",
+                    "warmup": self.cfg.warmup})
+        return now
 
     def _cache_for(self, length: int) -> KVCache:
         need = length + self.cfg.max_new_tokens + CACHE_SLACK
@@ -107,7 +93,15 @@ class Runner:
             self.cache = self.engine.new_cache(-(-need // 512) * 512)
         return self.cache
 
-    def decode_turn(self, method: Method, prompt: list[int], max_new: int) -> tuple[Decoded, float, dict]:
+    def fits(self, prompt: list[int]) -> str | None:
+        """None, or why a prompt cannot be decoded within the model's context."""
+        limit = self.plan.context
+        if len(prompt) + self.cfg.max_new_tokens + CACHE_SLACK > limit:
+            return f"prompt of {len(prompt)} tokens + budget {self.cfg.max_new_tokens} exceeds context {limit}"
+        return None
+
+    def decode_turn(self, method: Method, prompt: list[int]) -> tuple[Decoded, float, dict]:
+        """One timed decode (device synchronised around it), with telemetry when enabled."""
         cache = self._cache_for(len(prompt))
         probe = Telemetry(self.kind, self.lm.device) if self.kind != "off" else None
         synchronize(self.lm.device)
@@ -115,69 +109,96 @@ class Runner:
             probe.__enter__()
         t0 = time.perf_counter()
         if getattr(method, "external", False):
-            out = method.generate(prompt, max_new, self.eos)
+            out = method.generate(prompt, self.cfg.max_new_tokens, self.eos)
         else:
-            out = decode(method, prompt, max_new, self.eos, cache)
+            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, cache)
         synchronize(self.lm.device)
         wall = time.perf_counter() - t0
         if probe:
             probe.__exit__(None, None, None)
         return out, wall, (probe.result if probe else {})
 
-    def warmup(self, sample: Sample) -> None:
-        prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
-        for name in self.names:
-            self.decode_turn(self.methods[name], prompt, min(16, self.cfg.max_new_tokens))
+    def warm_up(self, bar) -> None:
+        """Every method once per dataset at the full budget, on an unmeasured item that fits
+        (the first measured one when the dataset has no other), untimed."""
+        for dataset, items in self.plan.samples.items():
+            spare = self.plan.warmup[dataset]
+            for sample in ([spare] if spare else []) + items:
+                prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
+                if self.fits(prompt) is None:
+                    for name in self.names:
+                        bar.set_postfix_str(f"warm-up {dataset} {name}")
+                        self.decode_turn(self.methods[name], prompt)
+                    break
 
     def run(self) -> Path:
-        samples = {d: load_samples(d, self.cfg.num_samples, self.cfg.data_source) for d in self.cfg.datasets}
-        manifest = self.manifest()
-        if self.cfg.resume:
-            results.check_resumable(self.out, manifest)
-            manifest["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        results.write_json(self.out / "manifest.json", manifest)
-        writer = results.RecordWriter(self.out / "records.jsonl")
+        write_json(self.out / "manifest.json", self.manifest())
+        writer = RecordWriter(self.out / "records.jsonl")
         try:
-            if self.cfg.warmup and any(samples.values()):
-                self.warmup(next(s for v in samples.values() for s in v))
-            total = sum(len(v) for v in samples.values()) * len(self.names)
-            with tqdm(total=total, desc="decoding", unit="run", disable=not self.progress) as bar:
-                for dataset, items in samples.items():
+            total = sum(len(s.turns) for v in self.plan.samples.values() for s in v) * len(self.names)
+            with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
+                if self.cfg.warmup:
+                    self.warm_up(bar)
+                for items in self.plan.samples.values():
                     for sample in items:
                         self._run_sample(sample, writer, bar)
         finally:
             writer.close()
         return self.out
 
-    def _run_sample(self, sample: Sample, writer: results.RecordWriter, bar) -> None:
-        reference: dict[int, list[int]] = {}
-        for name in self.names:
-            answers: list[str] = []
-            for turn in range(len(sample.turns)):
-                key = (name, sample.dataset, sample.sample_id, turn)
-                if key in writer.done:  # resumed: reuse what was written
-                    rec = writer.done[key]
-                else:
-                    prompt = chat_prompt(self.lm.tokenizer, sample.turns[: turn + 1], answers)
-                    limit = self.engine.config.max_position_embeddings
-                    if len(prompt) + self.cfg.max_new_tokens + CACHE_SLACK > limit:
-                        rec = skipped_record(key, f"prompt of {len(prompt)} tokens + budget exceeds context {limit}")
-                    else:
-                        out, wall, tel = self.decode_turn(self.methods[name], prompt, self.cfg.max_new_tokens)
-                        rec = make_record(key, sample, out, wall, tel, self.lm.tokenizer, reference.get(turn), len(prompt))
-                    writer.write(rec)
-                if rec.get("skipped"):
-                    break
-                if name == registry.BASELINE:
-                    reference[turn] = rec["output_ids"]
-                answers.append(rec["output_text"])
+    def _run_sample(self, sample: Sample, writer: RecordWriter, bar) -> None:
+        order = permutation(self.names, self.cfg.seed, sample.dataset, sample.sample_id)
+        answers: list[str] = []  # the baseline's answers to the earlier turns
+        for turn in range(len(sample.turns)):
+            prompt = chat_prompt(self.lm.tokenizer, sample.turns[: turn + 1], answers)
+            done = self._run_turn(sample, turn, prompt, order, writer, bar)
+            base = done[registry.BASELINE]
+            if base.get("skipped"):
+                bar.update(len(self.names) * (len(sample.turns) - turn - 1))
+                break
+            answers.append(base["output_text"])
+
+    def _run_turn(self, sample: Sample, turn: int, prompt: list[int], order: list[str],
+                  writer: RecordWriter, bar) -> dict[str, dict]:
+        """Every method on one turn, in `order`; new records written once all are known."""
+        done, fresh = {}, []
+        reason = self.fits(prompt)
+        for position, name in enumerate(order):
+            key = (name, sample.dataset, sample.sample_id, turn)
+            if key in writer.done:  # resumed: reuse what was written
+                done[name] = writer.done[key]
+            elif reason:
+                done[name] = skipped_record(key, reason, sample.category)
+                fresh.append(name)
+            else:
+                bar.set_postfix_str(f"{sample.dataset} #{sample.sample_id} t{turn} {name}")
+                out, wall, tel = self.decode_turn(self.methods[name], prompt)
+                done[name] = make_record(key, sample, out, wall, tel, self.lm.tokenizer, len(prompt), position)
+                fresh.append(name)
             bar.update(1)
-            bar.set_postfix_str(f"{sample.dataset} #{sample.sample_id} {name}")
+        self._judge(done, fresh, prompt)
+        for name in fresh:
+            writer.write(done[name])
+        return done
+
+    def _judge(self, done: dict[str, dict], fresh: list[str], prompt: list[int]) -> None:
+        """Losslessness of the new records against the baseline's output of the same turn, and
+        a diagnosis of each divergence (one extra untimed forward)."""
+        reference = done[registry.BASELINE].get("output_ids")
+        for name in fresh:
+            rec = done[name]
+            if rec.get("skipped") or name == registry.BASELINE or reference is None:
+                continue
+            at = metrics.first_divergence(rec["output_ids"], reference)
+            rec["lossless"], rec["diverge_at"] = at is None, at
+            if at is not None:
+                rec["divergence"] = diagnose(self.engine, self.lm.dtype, prompt, reference, rec["output_ids"], at)
 
 
-def summary_of(out: Path):
-    """(metrics table, skipped records) of a run directory."""
-    manifest, records = results.load_run(out)
+def summary_of(out: Path, by: tuple[str, ...] = ()):
+    """(metrics table, skipped records, manifest) of a run directory."""
+    manifest, records = load_run(out)
     skipped = [r for r in records if r.get("skipped")]
-    table = metrics.summarize(records, baseline=manifest.get("baseline", registry.BASELINE), seed=manifest.get("seed", 0))
+    table = metrics.summarize(records, baseline=manifest.get("baseline", registry.BASELINE),
+                              seed=manifest.get("seed", 0), by=by)
     return table, skipped

@@ -28,7 +28,8 @@ def list_cmd(model: str) -> None:
         click.echo(f"  {name:12s} {cls.summary} [{weights}]")
         for opt in cls.options:
             click.echo(f"      {name}.{opt.name}={opt.default!s:<10} {opt.help}")
-    click.echo("datasets: " + ", ".join(DATASETS) + ", jsonl:PATH (fields: prompt, optional reference, id)")
+    click.echo("datasets: " + ", ".join(DATASETS) + ", jsonl:PATH (fields: prompt; optional reference, id, category), "
+               "specbench:PATH (Spec-Bench's question.jsonl format)")
 
 
 @click.command()
@@ -44,8 +45,8 @@ def setup() -> None:
 
 @click.command()
 @click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights); ar always runs as the baseline.")
-@click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, jsonl:PATH.")
-@click.option("--num-samples", type=int, default=10, show_default=True, help="First N samples of each dataset (file order).")
+@click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, spec-bench, jsonl:PATH, specbench:PATH.")
+@click.option("--num-samples", type=int, default=10, show_default=True, help="N items per dataset: a deterministic subset, stratified by category where the data has categories (>= 1).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -57,10 +58,13 @@ def setup() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-source", type=click.Choice(["local", "hub"]), default="local", show_default=True, help="hub: full datasets from the HF hub (needs network).")
 @click.option("--no-telemetry", is_flag=True, help="Do not sample hardware telemetry.")
-@click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up decode.")
+@click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up decodes.")
+@click.option("--control", is_flag=True, help="A/A control: decode the baseline a second time per sample (as ar:control).")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
-        overwrite, seed, data_source, no_telemetry, no_warmup) -> None:
-    """Decode every sample with the baseline and each method back to back; write a run directory."""
+        overwrite, seed, data_source, no_telemetry, no_warmup, control) -> None:
+    """Decode every sample with every method back to back, in a seeded order; write a run directory.
+
+    Everything is validated before the model loads and before --out is created or emptied."""
     from harness.bench.report import report
     from harness.bench.runner import RunConfig, Runner
 
@@ -71,7 +75,7 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
         cfg = RunConfig(methods=names, datasets=csv(datasets), model=model, device=device, dtype=dtype,
                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
                         method_args=parse_method_args(method_args), out=out, resume=resume, overwrite=overwrite,
-                        telemetry=not no_telemetry, warmup=not no_warmup)
+                        telemetry=not no_telemetry, warmup=not no_warmup, control=control)
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)
@@ -89,12 +93,14 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def report_cmd(run_dir: Path) -> None:
+@click.option("--by", type=click.Choice(["category"]), default=None,
+              help="Break each dataset down by category too (MT-bench, Spec-Bench, jsonl with `category`).")
+def report_cmd(run_dir: Path, by: str | None) -> None:
     """Method x dataset table of a run (also written as summary.md and summary.csv)."""
     from harness.bench.report import report
 
     try:
-        click.echo(report(run_dir))
+        click.echo(report(run_dir, by=(by,) if by else ()))
     except ResultsError as err:
         fail(err)
 

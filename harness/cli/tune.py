@@ -1,5 +1,5 @@
 """`spec-harness tune <method>`: choose a training-free method's defaults by measuring real decodes
-on training-split prompts (never the test sets)."""
+on the tuning sets (training splits; never the test sets), through the benchmark runner."""
 
 from __future__ import annotations
 
@@ -16,42 +16,79 @@ def tune() -> None:
     """Choose method defaults by measurement on training-split prompts (run it on an idle machine)."""
 
 
-@tune.command("lookahead")
-@click.option("--grid", default=None, metavar="WxNxG,...",
-              help="(W, N, G) triples, e.g. 3x3x3,5x4x5 or 'published' (default: W 3,5,7 x N 3,4,5 x G 3,5,7).")
-@click.option("--num-prompts", type=int, default=8, show_default=True,
-              help="Training-split prompts (GSM8K train and XSum validation alternately).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap interval.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output directory (default results/lookahead-sweep/): <model>-<device>.csv and .json.")
-def tune_lookahead_cmd(grid, num_prompts, max_new_tokens, model, device, dtype, seed, out) -> None:
-    """Lookahead decoding: ar and every (W, N, G) back to back per prompt; paired speedups."""
-    from harness.core.modelload import load_model
-    from harness.train.tuning import (
-        DEFAULT_GRID,
-        SweepConfig,
-        parse_grid,
-        sweep_lookahead,
-        write_sweep,
-    )
+def sweep_options(fn):
+    """Options every sweep shares."""
+    opts = [
+        click.option("--num-prompts", type=int, default=8, show_default=True,
+                     help="Training-split prompts, half from GSM8K train and half from XSum validation."),
+        click.option("--max-new-tokens", type=int, default=64, show_default=True),
+        click.option("--model", default=DEFAULT_MODEL, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the method order and the bootstrap."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Output directory: <model>-<device>.csv and .json, and the run under run/."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
 
+
+def run_sweep(method: str, grid: list[dict], kw: dict, default_out: str) -> dict:
+    """Run the sweep, write its table, print one line per point (best first); the result."""
+    from harness.bench.results import RESULTS_ROOT
+    from harness.train.tuning import SweepConfig, sweep, write_sweep
+
+    out = kw["out"] or RESULTS_ROOT / default_out
     try:
-        cfg = SweepConfig(parse_grid(grid) if grid else DEFAULT_GRID, num_prompts, max_new_tokens, seed)
-        lm = load_model(model, device, dtype)
-        result = sweep_lookahead(lm, cfg)
+        cfg = SweepConfig(kw["num_prompts"], kw["max_new_tokens"], kw["seed"])
+        result = sweep(method, grid, cfg, kw["model"], kw["device"], kw["dtype"], out)
     except (*USER_ERRORS, ValueError) as err:
         fail(err)
     csv, js = write_sweep(result, out)
-    for row in sorted(result["rows"], key=lambda r: -r["speedup_median"]):
-        click.echo("W={window} N={ngram} G={guess}: tau {tau:.2f}, {positions:.1f} positions/forward, "
-                   "{tokens_per_s:.1f} tok/s, speedup {speedup_median:.3f} "
-                   "[{speedup_ci_low:.3f}, {speedup_ci_high:.3f}]".format(**row))
-    best = result["best"]
-    click.echo(f"best: W={best['window']} N={best['ngram']} G={best['guess']}; wrote {csv} and {js}")
+    for row in sorted(result["rows"], key=lambda r: -r["speedup"]):
+        point = " ".join(f"{k}={row[k]}" for k in grid[0])
+        click.echo(f"{point}: tau {row['tau']:.2f}, accept_len {row['accept_len']:.2f}, "
+                   f"{row['positions']:.1f} positions/forward, {row['tokens_per_s']:.1f} tok/s, speedup "
+                   f"{row['speedup']:.3f} [{row['speedup_ci_low']:.3f}, {row['speedup_ci_high']:.3f}]")
+    click.echo(f"wrote {csv} and {js}")
+    return result
+
+
+@tune.command("lookahead")
+@click.option("--grid", default=None, metavar="WxNxG,...",
+              help="(W, N, G) triples, e.g. 3x3x3,5x4x5 or 'published' (default: W 3,5,7 x N 3,4,5 x G 3,5,7).")
+@sweep_options
+def tune_lookahead_cmd(grid, **kw) -> None:
+    """Lookahead decoding: ar and every (W, N, G), paired per prompt (default out results/lookahead-sweep/)."""
+    from harness.train.tuning import DEFAULT_GRID, parse_grid
+
+    try:
+        triples = parse_grid(grid) if grid else DEFAULT_GRID
+    except (*USER_ERRORS, ValueError) as err:
+        fail(err)
+    points = [{"window": w, "ngram": n, "guess": g} for w, n, g in triples]
+    best = run_sweep("lookahead", points, kw, "lookahead-sweep")["best"]
+    click.echo(f"best: W={best['window']} N={best['ngram']} G={best['guess']}")
+
+
+@tune.command("method")
+@click.argument("name")
+@click.option("--vary", "vary", multiple=True, required=True, metavar="KEY=V1,V2,...",
+              help="Option values to try (repeatable; every combination is measured), e.g. --vary k=2,4,8.")
+@sweep_options
+def tune_method_cmd(name, vary, **kw) -> None:
+    """Any method: every combination of the --vary values (default out results/tuning/NAME/)."""
+    from harness.train.tuning import product_grid
+
+    values = {}
+    for item in vary:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not text:
+            fail(ValueError(f"--vary {item!r}: expected KEY=V1,V2,..., e.g. k=2,4,8"))
+        values[key.strip()] = [v.strip() for v in text.split(",") if v.strip()]
+    best = run_sweep(name, product_grid(values), kw, f"tuning/{name}")["best"]
+    click.echo("best: " + " ".join(f"{k}={best[k]}" for k in values))
 
 
 COMMANDS = (tune,)

@@ -125,16 +125,68 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     return dest
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect within `timeout` (one attempt: an
+    offline machine gets its error now, not after a minute of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def model_source(name: str) -> tuple[str, bool]:
+    """(what to load, local_files_only): the embedded directory, a local directory, or a hub id
+    (cached copies are used without the network; an uncached id needs the hub, checked once)."""
+    if is_embedded(name):
+        return str(embedded_dir()), True
+    if Path(name).exists():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelLoadError(f"model {name!r}: {name} is not an HF model directory (no config.json)")
+        return name, True
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return name, True
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(f"could not load model {name!r}: it is not a local HF directory, not in the local "
+                             "hub cache, and the Hugging Face hub cannot be reached from this machine")
+    return name, False
+
+
+def load_config(name: str):
+    """The model's transformers config, without its weights (checks before a run loads anything)."""
+    from transformers import AutoConfig
+
+    source, local = model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the config of model {name!r}: {err}") from None
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer for decoding (eval mode, sdpa attention)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    source = str(embedded_dir()) if is_embedded(name) else name
+    source, local = model_source(name)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa",
+                                                     local_files_only=local)
     except OSError as err:
         raise ModelLoadError(
             f"could not load model {name!r}: {err}\n(it must be a local HF directory, or a hub id "

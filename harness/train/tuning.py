@@ -1,12 +1,12 @@
-"""Choosing Lookahead decoding's defaults (W, N, G) by measurement (`spec-harness tune lookahead`).
+"""Choosing a training-free method's defaults by measurement (`spec-harness tune ...`).
 
-Prompts come from the training splits only (GSM8K train, XSum validation, alternately, through
-the chat template): never a test file. Each prompt is decoded by the autoregressive baseline and
-then by every (W, N, G) of the grid, back to back, after an untimed warm-up, so each speedup is a
-set of paired per-prompt ratios, summarised exactly as benchmark runs are (harness.bench.metrics):
-tau, draft size, positions per forward, tokens/s, speedup (ratio of means; median of paired
-ratios with a 95% bootstrap interval), lossless rate. Timing only means something on an
-otherwise idle machine.
+A sweep is a benchmark run (harness/bench/runner.py, the same paired, permuted loop with its
+warm-up) of the baseline and one configuration of the method per grid point, on the tuning
+sets only (GSM8K train and XSum validation read from their end: never a test file). Its records
+are pooled over the two sets and summarised exactly as benchmark runs are (harness.bench.metrics):
+tau, accept_len, draft size, positions per forward, tokens/s, speedup (ratio of mean tokens/s
+with its cluster-bootstrap interval; median paired ratio), lossless rate. The best point is the
+one with the highest speedup. Timing only means something on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -18,26 +18,21 @@ from pathlib import Path
 
 import methods as registry
 from harness.bench import metrics, results
-from harness.bench.data import Sample
-from harness.bench.records import make_record
-from harness.core.decoding import Decoded, decode, synchronize
-from harness.core.engine import Engine, KVCache
-from harness.core.method import Method
+from harness.bench.data import TUNING_SETS
+from harness.bench.runner import RunConfig, Runner
 
 Triple = tuple[int, int, int]  # (W, N, G)
+Point = dict[str, object]  # option values of one grid point
 DEFAULT_GRID: tuple[Triple, ...] = tuple(itertools.product((3, 5, 7), (3, 4, 5), (3, 5, 7)))
-SWEEP_DIR = results.RESULTS_ROOT / "lookahead-sweep"
-ROOM = 256  # KV slots past prompt + budget for tree and window rows (the runner's slack)
-COLUMNS = ("window", "ngram", "guess", "tau", "draft_size", "positions", "tokens_per_s", "speedup",
-           "speedup_median", "speedup_ci_low", "speedup_ci_high", "lossless_rate", "n")
+METRICS = ("tau", "accept_len", "draft_size", "positions", "tokens_per_s", "speedup", "speedup_ci_low",
+           "speedup_ci_high", "speedup_median", "lossless_rate", "n")
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    grid: tuple[Triple, ...] = DEFAULT_GRID
-    num_prompts: int = 8
+    num_prompts: int = 8  # split evenly over the two tuning sets
     max_new_tokens: int = 64
-    seed: int = 0  # of the bootstrap
+    seed: int = 0  # of the method order and the bootstrap
 
 
 def parse_grid(text: str) -> tuple[Triple, ...]:
@@ -59,84 +54,61 @@ def parse_grid(text: str) -> tuple[Triple, ...]:
     return tuple(dict.fromkeys(grid))
 
 
-def label(triple: Triple) -> str:
-    return "lookahead:w{}-n{}-g{}".format(*triple)
+def product_grid(values: dict[str, list]) -> list[Point]:
+    """Every combination of the given option values, in order."""
+    keys = list(values)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
 
 
-def timed_decode(method: Method, prompt: list[int], max_new: int, eos: set[int],
-                 cache: KVCache) -> tuple[Decoded, float]:
-    """One decode, wall seconds with the device synchronised around it (prefill included)."""
-    synchronize(method.engine.device)
-    t0 = time.perf_counter()
-    out = decode(method, prompt, max_new, eos, cache)
-    synchronize(method.engine.device)
-    return out, time.perf_counter() - t0
+def label(method: str, point: Point) -> str:
+    """The method label of one grid point, e.g. lookahead:window3-ngram3-guess3."""
+    return f"{method}:" + "-".join(f"{k}{v}" for k, v in point.items())
 
 
-def sweep_methods(engine: Engine, key: str, grid: tuple[Triple, ...]) -> dict[str, Method]:
-    """The baseline first, then one Lookahead per (W, N, G); bad triples fail before any decode."""
-    out: dict[str, Method] = {registry.BASELINE: registry.get(registry.BASELINE)(engine, key)}
-    for w, n, g in grid:
-        out[label((w, n, g))] = registry.get("lookahead")(engine, key, window=w, ngram=n, guess=g)
-    return out
-
-
-def decode_all(lm, methods: dict[str, Method], prompts: list[list[int]], max_new: int, eos: set[int],
-               cache: KVCache, progress: bool = True) -> list[dict]:
-    """Every prompt with every method back to back, the baseline first; results-schema records."""
-    from tqdm import tqdm
-
-    records = []
-    with tqdm(total=len(prompts) * len(methods), desc="tuning", unit="decode", disable=not progress) as bar:
-        for i, prompt in enumerate(prompts):
-            sample = Sample("training-splits", str(i), [""])
-            reference = None
-            for name, method in methods.items():
-                out, wall = timed_decode(method, prompt, max_new, eos, cache)
-                rec = make_record((name, sample.dataset, sample.sample_id, 0), sample, out, wall, {},
-                                  lm.tokenizer, reference, len(prompt))
-                reference = reference if reference is not None else rec["output_ids"]
-                records.append(rec)
-                bar.update(1)
-    return records
-
-
-def sweep_lookahead(lm, cfg: SweepConfig, progress: bool = True) -> dict:
-    """Measure every (W, N, G) of cfg.grid against the baseline on the loaded model `lm`."""
-    from harness.train.skipsearch import SearchConfig, search_prompts
-
-    engine = Engine(lm.model)
-    methods = sweep_methods(engine, lm.key, cfg.grid)
-    prompts = search_prompts(lm, SearchConfig(num_prompts=cfg.num_prompts), cfg.max_new_tokens + ROOM)
-    cache = engine.new_cache(max(map(len, prompts)) + cfg.max_new_tokens + ROOM)
-    eos = {lm.tokenizer.eos_token_id} - {None}
+def sweep(method: str, grid: list[Point], cfg: SweepConfig, model: str, device: str = "auto",
+          dtype: str | None = None, out_dir: Path | None = None, progress: bool = True) -> dict:
+    """Benchmark the baseline and every grid point of `method` on the tuning sets; the table."""
+    labels = {label(method, p): p for p in grid}
+    for point in grid:  # bad values fail here, before any model is loaded
+        registry.get(method).resolve_options(dict(point))
+    out_dir = Path(out_dir) if out_dir else results.RESULTS_ROOT / "tuning" / method
+    run = RunConfig(methods=list(labels), datasets=list(TUNING_SETS), model=model, device=device, dtype=dtype,
+                    num_samples=max(1, -(-cfg.num_prompts // 2)), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                    method_args={lab: {k: str(v) for k, v in p.items()} for lab, p in labels.items()},
+                    out=out_dir / "run", overwrite=(out_dir / "run").exists(), telemetry=False)
     t0 = time.time()
-    for method in methods.values():  # warm-up, untimed
-        decode(method, prompts[0], min(16, cfg.max_new_tokens), eos, cache)
-    records = decode_all(lm, methods, prompts, cfg.max_new_tokens, eos, cache, progress)
-    table = metrics.summarize(records, baseline="ar", seed=cfg.seed).set_index("method")
-    rows = [{"window": w, "ngram": n, "guess": g, **_numbers(table.loc[label((w, n, g))])} for w, n, g in cfg.grid]
-    best = max(rows, key=lambda r: r["speedup_median"])
-    return {"method": "lookahead", "model": lm.key, "device": lm.device, "dtype": lm.dtype,
-            "objective": "median paired speedup over ar (tokens/s of a decode, prefill included)",
-            "best": best, "ar": _numbers(table.loc["ar"]), "rows": rows,
-            "budget": {**asdict(cfg), "grid": [list(t) for t in cfg.grid], "prompts": len(prompts),
-                       "sources": ["gsm8k-train", "xsum-validation"]},
-            "seconds": round(time.time() - t0, 1), **results.base_manifest(lm.device)}
+    runner = Runner(run, progress)
+    runner.run()
+    table = pooled_summary(runner.out, cfg.seed).set_index("method")
+    rows = [{**point, **_numbers(table.loc[lab])} for lab, point in labels.items()]
+    return {"method": method, "model": runner.lm.key, "device": runner.lm.device, "dtype": runner.lm.dtype,
+            "objective": "speedup over ar: ratio of mean tokens/s per decode (prefill included), tuning sets",
+            "best": max(rows, key=lambda r: r["speedup"]), "ar": _numbers(table.loc[registry.BASELINE]),
+            "rows": rows, "run": str(runner.out),
+            "budget": {**asdict(cfg), "prompts": sum(len(v) for v in runner.plan.samples.values()),
+                       "sources": list(TUNING_SETS)},
+            "seconds": round(time.time() - t0, 1), **results.base_manifest(runner.lm.device)}
+
+
+def pooled_summary(run_dir: Path, seed: int):
+    """metrics.summarize over both tuning sets together (samples kept apart by dataset)."""
+    _, records = results.load_run(run_dir)
+    pooled = [{**r, "sample_id": f"{r['dataset']}/{r['sample_id']}", "dataset": "tuning-sets"} for r in records]
+    return metrics.summarize(pooled, baseline=registry.BASELINE, seed=seed)
 
 
 def _numbers(row) -> dict:
-    return {k: round(float(row[k]), 4) if k != "n" else int(row[k]) for k in COLUMNS[3:]}
+    return {k: (int(row[k]) if k == "n" else round(float(row[k]), 4)) for k in METRICS}
 
 
-def write_sweep(result: dict, out_dir: Path | None = None) -> tuple[Path, Path]:
-    """<out_dir>/<model>-<device>.csv (one row per (W, N, G)) and .json (everything)."""
+def write_sweep(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    """<out_dir>/<model>-<device>.csv (one row per grid point) and .json (everything)."""
     import pandas as pd
 
-    out_dir = Path(out_dir) if out_dir else SWEEP_DIR
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{result['model']}-{result['device']}"
+    stem = f"{result['model']}-{result['device'].split(':')[0]}"
     csv, js = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    pd.DataFrame(result["rows"], columns=list(COLUMNS)).to_csv(csv, index=False)
+    pd.DataFrame(result["rows"]).to_csv(csv, index=False)
     results.write_json(js, result)
     return csv, js

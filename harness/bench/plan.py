@@ -1,0 +1,124 @@
+"""Everything a run is asked to do, checked in one place before any model is loaded and before
+the output directory is created or emptied: methods and their options, datasets (files read and
+validated, the measured subset and the warm-up item chosen), numbers, the model's context, and
+the output directory (writable; an existing run only with --resume or --overwrite; a resumed
+run only with the same request)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import methods as registry
+from harness.bench import rundir
+from harness.bench.data import DataError, Sample, all_samples, select
+from harness.core.method import MethodError
+from harness.core.modelload import load_config
+
+CACHE_SLACK = 256  # KV slots past prompt + budget for draft rows
+CONTROL = f"{registry.BASELINE}:control"  # the A/A control: the baseline decoded a second time
+
+
+@dataclass
+class RunConfig:
+    methods: list[str]
+    datasets: list[str]
+    model: str = "smollm2"
+    device: str = "auto"
+    dtype: str | None = None
+    num_samples: int | None = 10
+    max_new_tokens: int = 128
+    seed: int = 0
+    data_source: str = "local"
+    method_args: dict[str, dict[str, str]] = field(default_factory=dict)
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    telemetry: bool = True
+    warmup: bool = True
+    control: bool = False
+
+
+@dataclass
+class Plan:
+    """A validated run: method names in registry order, their typed options, the samples each
+    dataset measures, one unmeasured warm-up item per dataset (None when every item is measured),
+    the request that --resume must match, and the manifest of the run being resumed."""
+
+    names: list[str]
+    options: dict[str, dict]
+    samples: dict[str, list[Sample]]
+    warmup: dict[str, Sample | None]
+    request: dict
+    context: int
+    resumed: dict | None = None
+
+
+def method_names(cfg: RunConfig) -> list[str]:
+    """The baseline first (added when not requested), the others as given, then the control."""
+    names = [registry.BASELINE] + [m for m in dict.fromkeys(cfg.methods) if m not in (registry.BASELINE, CONTROL)]
+    return names + ([CONTROL] if cfg.control else [])
+
+
+def check_numbers(cfg: RunConfig) -> None:
+    if not cfg.datasets:
+        raise DataError("--datasets is empty: name at least one dataset")
+    if cfg.num_samples is not None and cfg.num_samples < 1:
+        raise DataError(f"--num-samples {cfg.num_samples}: must be at least 1")
+    if cfg.max_new_tokens < 1:
+        raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
+    if cfg.seed < 0:
+        raise DataError(f"--seed {cfg.seed}: must be 0 or more")
+
+
+def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, dict]:
+    """Typed options per method; unknown methods/options and --method-arg for absent methods refused."""
+    for name in names:
+        registry.get(name)
+    unknown = set(cfg.method_args) - set(names)
+    if unknown:
+        raise MethodError(f"--method-arg names method(s) not in --methods: {', '.join(sorted(unknown))}")
+    options = {n: registry.get(n).resolve_options(dict(cfg.method_args.get(n, {}))) for n in names}
+    return {n: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()} for n, o in options.items()}
+
+
+def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, Sample | None]]:
+    """The measured subset of every dataset and an unmeasured item for its warm-up."""
+    samples, warmup = {}, {}
+    for name in dict.fromkeys(cfg.datasets):
+        items = all_samples(name, cfg.data_source)
+        samples[name] = select(items, cfg.num_samples)
+        chosen = {id(s) for s in samples[name]}
+        warmup[name] = next((s for s in items if id(s) not in chosen), None)
+    return samples, warmup
+
+
+def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
+    """What the records of a run depend on: --resume continues only the same request. The number
+    of samples is not part of it: a larger --num-samples extends a run (the stratified subset of
+    N items is the start of the subset of N + k)."""
+    return {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype, "methods": names,
+            "method_options": options, "datasets": list(dict.fromkeys(cfg.datasets)),
+            "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
+            "control": cfg.control}
+
+
+def model_context(model: str) -> int:
+    config = load_config(model)
+    return int(getattr(config, "max_position_embeddings", None) or 1 << 30)
+
+
+def validate(cfg: RunConfig) -> Plan:
+    """The run's Plan, or the first problem as a user error (nothing loaded, nothing written)."""
+    check_numbers(cfg)
+    names = method_names(cfg)
+    options = check_methods(cfg, names)
+    samples, warmup = choose_samples(cfg)
+    rundir.check_out(cfg.out, cfg.resume, cfg.overwrite)
+    request = make_request(cfg, names, options)
+    resumed = rundir.check_resume(cfg.out, request) if cfg.resume else None
+    context = model_context(cfg.model)
+    if cfg.max_new_tokens + CACHE_SLACK + 1 > context:
+        raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: with {CACHE_SLACK} slots for drafts it exceeds "
+                        f"the model's context of {context} tokens; use at most {context - CACHE_SLACK - 1}")
+    return Plan(names, options, samples, warmup, request, context, resumed)
