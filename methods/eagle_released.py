@@ -14,11 +14,10 @@ The weights are read as plain tensors only (harness.core.checkpoint.read_tensors
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from harness.core.checkpoint import CheckpointError, read_tensors
+from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.engine import Engine
 
 WEIGHTS = ("pytorch_model.bin", "model.safetensors")
@@ -29,7 +28,7 @@ FORMAT = "SafeAILab/EAGLE draft layer (EAGLE-1/2)"
 def released_head(engine: Engine, directory: Path, shapes: dict) -> tuple[dict, dict]:
     """(state dict, sidecar) of the released head in `directory`; `shapes`: our head's config
     keys with the target's values, overridden by config.json where it sets them."""
-    said = _config_json(directory / "config.json")
+    said = read_json(directory / "config.json")
     file = next((directory / name for name in WEIGHTS if (directory / name).is_file()), None)
     if file is None:
         raise CheckpointError(f"{directory} holds no EAGLE draft weights (none of {', '.join(WEIGHTS)})")
@@ -41,18 +40,6 @@ def released_head(engine: Engine, directory: Path, shapes: dict) -> tuple[dict, 
     config.update(fc_bias="fc.bias" in state, embedding="embed_tokens.weight" in state)
     origin = {"format": FORMAT, "file": str(file), "config_json": str(directory / "config.json")}
     return state, {"config": config, "data": origin}
-
-
-def _config_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} is not a released EAGLE draft: it has no config.json")
-    try:
-        said = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not JSON ({err})") from None
-    if not isinstance(said, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return said
 
 
 def _check_kind(file: Path, said: dict, state: dict) -> None:

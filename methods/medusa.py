@@ -17,14 +17,13 @@ blocks over the base model's final normed hidden state, as here) and `{head}.{la
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness.core.checkpoint import CheckpointError, read_tensors
+from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.drafter import TreeDrafter, frozen_module, tree_options
 from harness.core.engine import Engine
 from harness.core.method import MethodError
@@ -169,11 +168,8 @@ def load_released(engine: Engine, path: Path) -> tuple[MedusaHeads, dict]:
     origin = {"format": "FasterDecoding/Medusa medusa_lm_head", "file": str(file)}
     cfg_file = file.parent / "config.json"
     if cfg_file.is_file():  # recorded, not used: released configs disagree with their weights
-        try:
-            said = json.loads(cfg_file.read_text(encoding="utf-8"))
-            origin["config_json"] = {k: said.get(f"medusa_num_{k}") for k in ("heads", "layers")}
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-            raise CheckpointError(f"{cfg_file} is not a JSON object ({err})") from None
+        said = read_json(cfg_file)
+        origin["config_json"] = {k: said.get(f"medusa_num_{k}") for k in ("heads", "layers")}
     sidecar = {"config": config, "data": origin}
     module = frozen_module(engine, Medusa.build_module, state, sidecar, f"{file} is not a valid Medusa head file")
     return module, sidecar

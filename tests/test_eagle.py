@@ -8,7 +8,7 @@ from conftest import tiny_model
 from helpers import (
     assert_cache_is_committed_sequence,
     assert_lossless,
-    random_sequences,
+    assert_training_reduces_loss,
 )
 
 from harness.core.checkpoint import save_checkpoint
@@ -17,7 +17,7 @@ from harness.core.engine import Engine
 from harness.core.method import MethodError
 from harness.core.tree import Tree
 from harness.train.distill import Sequence
-from harness.train.training import TrainConfig, make_batch, train
+from harness.train.training import TrainConfig, train
 from methods.autoregressive import Autoregressive
 from methods.eagle import Eagle, EagleHead, target_shapes
 from methods.eagle_tree import DraftTree, tree_from_parents
@@ -151,15 +151,7 @@ def trained_head(engine, steps=40, seed=0):
 def test_training_reduces_the_loss(engine):
     torch.manual_seed(0)
     head = EagleHead(engine, target_shapes(engine))
-    seqs = random_sequences()
-    cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=3e-3, warmup=5, eval_sequences=4)
-    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
-    with torch.no_grad():
-        before = float(head.loss(engine, fixed)[0])
-    record = train(head, engine, seqs, cfg, progress=False)
-    with torch.no_grad():
-        after = float(head.loss(engine, fixed)[0])
-    assert after < 0.85 * before, (before, after)
+    record = assert_training_reduces_loss(head, engine, lr=3e-3)
     assert len(record["heldout_top1"]) == 1
     assert set(head.state_dict()) >= {"fc.weight", "fc.bias", "layers.0.self_attn.q_proj.weight"}
     assert not any(k.startswith(("embed", "lm_head")) or "input_layernorm" in k for k in head.state_dict())

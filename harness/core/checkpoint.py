@@ -42,13 +42,11 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
     sidecar_path = path.with_suffix(".json")
     if not path.is_file():
         raise refuse("no such file")
-    if not sidecar_path.is_file():
-        raise refuse(f"its sidecar {sidecar_path.name} is missing")
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise refuse(f"its sidecar {sidecar_path.name} is not JSON ({err})") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("config"), dict):
+        sidecar = read_json(sidecar_path)
+    except CheckpointError as err:
+        raise refuse(f"its sidecar {err}") from None
+    if not isinstance(sidecar.get("config"), dict):
         raise refuse(f"its sidecar {sidecar_path.name} has no 'config' object")
     written_by = sidecar.get("method")
     if kind is not None and written_by is not None and written_by != kind:
@@ -58,6 +56,19 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
     except (SafetensorError, OSError, ValueError) as err:
         raise refuse(f"the weights cannot be read as safetensors ({err})") from None
     return state, sidecar
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; CheckpointError naming the file when it is missing or not one."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
