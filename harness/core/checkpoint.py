@@ -88,11 +88,21 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        why = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), str(err).splitlines()[0])
-        raise CheckpointError(f"{path} was refused: it holds more than tensors, and unpickling it would run code "
-                              f"or build objects of the file's choosing ({why})") from None
+        raise _refusal(path, str(err)) from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path} cannot be read as a torch weights file ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path} is not a flat dict of named tensors (a state dict)")
     return state
+
+
+def _refusal(path: Path, message: str) -> CheckpointError:
+    """The weights-only unpickler's verdict in one line: a file naming a callable or class to
+    rebuild (code that a full unpickle would run) is refused as such; anything else is unreadable."""
+    lines = [line.strip() for line in message.splitlines()]
+    why = next((line for line in lines if "Unsupported global" in line), None)
+    if why:
+        return CheckpointError(f"{path} was refused: it holds more than tensors, and unpickling it would run code "
+                               f"or build objects of the file's choosing ({why.split('. Please')[0]})")
+    detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+    return CheckpointError(f"{path} cannot be read as a torch weights file ({detail})")
