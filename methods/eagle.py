@@ -70,7 +70,7 @@ class EagleHead(nn.Module):
         super().__init__()
         t, d = engine.config, engine.hidden_size
         self.shapes = {k: config[k] for k in ("fc_bias", "embedding", *SHAPES)}
-        self.weights = dict(loss or LOSS)
+        self.loss_weights = dict(loss or LOSS)
         layer_cfg = LlamaConfig(vocab_size=t.vocab_size, hidden_size=d, num_hidden_layers=1,
                                 head_dim=getattr(t, "head_dim", d // t.num_attention_heads),
                                 attn_implementation=t._attn_implementation,
@@ -83,7 +83,7 @@ class EagleHead(nn.Module):
         self._frozen = [engine.embed_tokens, engine.lm_head]  # lists: the target's, not ours
 
     def config(self) -> dict:
-        return {**self.shapes, "loss": self.weights}
+        return {**self.shapes, "loss": self.loss_weights}
 
     def new_cache(self, max_len: int, device, dtype) -> KVCache:
         attn = self.layers[0].self_attn
@@ -105,7 +105,7 @@ class EagleHead(nn.Module):
     def loss(self, engine: Engine, batch: Batch):
         """Row t (feature f_t, token t + 1) against the target's f_{t + 1} at every hung position:
         smooth L1 on the feature + KL of the decoded draft to the target's distribution."""
-        (B, T), w = batch.ids.shape, self.weights
+        (B, T), w = batch.ids.shape, self.loss_weights
         with torch.no_grad():
             feats = engine.norm(teacher_pass(engine, batch.ids).final)  # [B, T, d]
         inputs = feats[:, :-1]
@@ -136,6 +136,8 @@ def load_head(engine: Engine, path: Path) -> tuple[EagleHead, dict]:
 
 
 class Eagle(Method):
+    """Drafts a dynamic tree with an EagleHead each step (see the module docstring)."""
+
     name = "eagle"
     summary = "EAGLE-2: one-layer feature head, dynamic draft tree, tree-verified"
     weights_file = "eagle.safetensors"
@@ -193,15 +195,15 @@ class Eagle(Method):
         depth, k = self.config["depth"], self.config["top_k"]
         root_t = torch.tensor([root], device=eng.device)
         new = torch.cat([self._tokens, root_t])  # [a] tokens t + 1 of the rows committed since the last step
-        out = self._head(self._feats, new, torch.arange(hc.length, C, device=eng.device), hc.length)
-        hc.length = C
+        out = self._head(self._feats, new, torch.arange(hc.length, C, device=eng.device), hc.length)  # [a, d]
+        hc.length = C  # committed: head rows 0 .. C-1 now hold real features
         draft = DraftTree(root_t, torch.log_softmax(self.head.lm_head(out[-1]).float(), -1), k)
         hidden = out[-1:].expand(k, -1)  # [k, d] the frontier's input features
         seen = torch.eye(k, dtype=torch.bool, device=eng.device)  # [k, k*(level+1)] draft rows each sees
         for level in range(depth - 1):
             mask = torch.cat([seen.new_ones(k, C), seen], dim=1)[None, None]
             positions = torch.full((k,), C + level, device=eng.device)
-            out = self._head(hidden, draft.frontier_tokens, positions, C + level * k, mask)
+            out = self._head(hidden, draft.frontier_tokens, positions, C + level * k, mask)  # [k, d]
             rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))
             hidden, seen = out[rows], torch.cat([seen[rows], torch.eye(k, dtype=torch.bool, device=eng.device)], 1)
         return draft.tree(self.config["total_tokens"])
