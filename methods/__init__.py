@@ -8,6 +8,7 @@ REGISTRY: dict[str, str] = {
     "ar": "methods.autoregressive:Autoregressive",
     "firp": "methods.firp:FIRP",
     "medusa": "methods.medusa:Medusa",
+    "eagle": "methods.eagle:Eagle",
     "self-spec": "methods.self_speculative:SelfSpeculative",
     "lookahead": "methods.lookahead:Lookahead",
     "hf-generate": "methods.peers:HFGenerate",

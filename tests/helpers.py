@@ -36,6 +36,23 @@ def assert_lossless(engine, method, prompts=3, max_new=40, eos=96):
     return sum(taus) / len(taus)
 
 
+def assert_training_reduces_loss(module, engine, lr):
+    """30 steps of the shared training loop on random sequences cut the module's loss on a fixed
+    batch by at least 15%; returns the training record."""
+    from harness.train.training import TrainConfig, make_batch, train
+
+    seqs = random_sequences()
+    cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=lr, warmup=5, eval_sequences=4)
+    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
+    with torch.no_grad():
+        before = float(module.loss(engine, fixed)[0])
+    record = train(module, engine, seqs, cfg, progress=False)
+    with torch.no_grad():
+        after = float(module.loss(engine, fixed)[0])
+    assert after < 0.85 * before, (before, after)
+    return record
+
+
 def random_sequences(n=24, length=48, vocab=97):
     from harness.train.distill import Sequence
 

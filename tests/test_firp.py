@@ -1,17 +1,15 @@
 """FIRP: pseudo-token mask, identity-projection semantics, cache contents, training, losslessness."""
 
-import random
 
 import pytest
 import torch
 from helpers import (
     assert_cache_is_committed_sequence,
     assert_lossless,
-    random_sequences,
+    assert_training_reduces_loss,
 )
 
 from harness.core.checkpoint import save_checkpoint
-from harness.train.training import TrainConfig, make_batch
 from methods.firp import FIRP, PseudoChains
 
 
@@ -74,19 +72,8 @@ def test_lossless_on_tiny_model_with_identity_and_at_last_layer(engine, tmp_path
 
 
 def test_training_reduces_kl(engine):
-    from harness.train.training import train
-
     torch.manual_seed(0)
-    chains = PseudoChains(engine.hidden_size, (1, 2, 2))
-    seqs = random_sequences()
-    cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=1e-2, warmup=5, eval_sequences=4)
-    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
-    with torch.no_grad():
-        before = float(chains.loss(engine, fixed)[0])
-    record = train(chains, engine, seqs, cfg, progress=False)
-    with torch.no_grad():
-        after = float(chains.loss(engine, fixed)[0])
-    assert after < 0.85 * before, (before, after)
+    record = assert_training_reduces_loss(PseudoChains(engine.hidden_size, (1, 2, 2)), engine, lr=1e-2)
     assert len(record["heldout_top1"]) == 3 and record["final_loss"] > 0
     assert all(row == sorted(row) and len(row) == 5 for row in record["heldout_topk"])  # top-1 <= ... <= top-5
 

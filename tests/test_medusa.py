@@ -1,17 +1,14 @@
 """Medusa: zero-initialised heads reproduce the base distribution; cache; losslessness; training."""
 
-import random
-
 import pytest
 import torch
 from helpers import (
     assert_cache_is_committed_sequence,
     assert_lossless,
-    random_sequences,
+    assert_training_reduces_loss,
 )
 
 from harness.core.checkpoint import save_checkpoint
-from harness.train.training import TrainConfig, make_batch, train
 from methods.medusa import Medusa, MedusaHeads
 
 
@@ -48,13 +45,4 @@ def test_lossless_on_tiny_model(engine, tmp_path):
 
 def test_training_reduces_kl(engine):
     torch.manual_seed(0)
-    module = MedusaHeads(engine.hidden_size, 3, engine.lm_head)
-    seqs = random_sequences()
-    cfg = TrainConfig(steps=30, batch=4, positions=16, max_len=64, lr=1e-2, warmup=5, eval_sequences=4)
-    fixed = make_batch(seqs[4:8], cfg, random.Random(0))
-    with torch.no_grad():
-        before = float(module.loss(engine, fixed)[0])
-    train(module, engine, seqs, cfg, progress=False)
-    with torch.no_grad():
-        after = float(module.loss(engine, fixed)[0])
-    assert after < 0.85 * before, (before, after)
+    assert_training_reduces_loss(MedusaHeads(engine.hidden_size, 3, engine.lm_head), engine, lr=1e-2)

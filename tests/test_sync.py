@@ -1,5 +1,5 @@
 """Host reads per decoding step: on a GPU every read of a tensor on the host waits for the device,
-so the shared loop and the drafting hooks of ar, firp and medusa read at most once per step.
+so the shared loop and the drafting hooks of ar, firp, medusa and eagle read at most once per step.
 
 Counted on the CPU with a dispatch mode (the aten ops behind .item(), int(), float(), bool() and
 .nonzero()) plus every Tensor.tolist()/numpy() call (which Engine.host uses), so a read added
@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from test_eagle import make_eagle
 from test_firp import make_firp
 from test_medusa import make_medusa
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -55,6 +56,7 @@ BUILDERS = {
     "ar": lambda engine, tmp: Autoregressive(engine, "tiny"),
     "firp": lambda engine, tmp: make_firp(engine, tmp),
     "medusa": lambda engine, tmp: make_medusa(engine, tmp, perturb=0.3),
+    "eagle": lambda engine, tmp: make_eagle(engine, tmp),
 }
 
 

@@ -16,19 +16,28 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+def train_tiny(model_dir, method, out, *options) -> dict:
+    """`spec-harness train METHOD` on the tiny model with a tiny budget; returns the sidecar."""
+    res = CliRunner().invoke(main, ["train", method, "--model", str(model_dir), *options, "--out", str(out), *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def run_tiny(model_dir, method, out_dir, *method_args):
+    """One gsm8k sample, 6 tokens, of METHOD with `--method-arg` options; the CliRunner result."""
+    args = [a for arg in method_args for a in ("--method-arg", f"{method}.{arg}")]
+    return CliRunner().invoke(main, ["run", "--model", str(model_dir), "--methods", method, "--datasets", "gsm8k",
+                                     "--num-samples", "1", "--max-new-tokens", "6", "--no-warmup",
+                                     "--out", str(out_dir), *args])
+
+
 def test_train_firp_writes_weights_and_sidecar_then_runs(tiny_model_dir, isolated_cache):
     out = isolated_cache / "firp-tiny.safetensors"
-    res = CliRunner().invoke(main, ["train", "firp", "--model", str(tiny_model_dir), "--layers", "1,2",
-                                    "--out", str(out), *TINY_TRAIN])
-    assert res.exit_code == 0, res.output
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = train_tiny(tiny_model_dir, "firp", out, "--layers", "1,2")
     assert side["config"] == {"layers": [1, 2], "steps": 2, "mask": "serial", "source": "previous"}
     assert side["data"]["splits"].startswith("training only") and side["data"]["sequences"] == 4
     assert len(side["heldout_topk"]) == 2 and side["train_seconds"] >= 0
-    run = CliRunner().invoke(main, ["run", "--model", str(tiny_model_dir), "--methods", "firp", "--datasets", "gsm8k",
-                                    "--num-samples", "1", "--max-new-tokens", "6", "--no-warmup",
-                                    "--out", str(isolated_cache / "run"), "--method-arg", f"firp.checkpoint={out}",
-                                    "--method-arg", "firp.tree=chain-2"])
+    run = run_tiny(tiny_model_dir, "firp", isolated_cache / "run", f"checkpoint={out}", "tree=chain-2")
     assert run.exit_code == 0, run.output
     assert "100%" in run.output  # lossless
 
@@ -79,3 +88,15 @@ def test_analyze_firp_reuses_a_layer_sweep(tiny_model_dir, isolated_cache):
     assert res.exit_code == 2 and "no checkpoint at" in res.output and "nope.safetensors" in res.output
     res = CliRunner().invoke(main, [*args, "--medusa", str(isolated_cache / "no-medusa.safetensors")])
     assert res.exit_code == 2 and "no-medusa.safetensors" in res.output  # asked for, so not silently dropped
+
+
+def test_train_eagle_then_run_it_with_its_tree_options(tiny_model_dir, isolated_cache):
+    out = isolated_cache / "eagle-tiny.safetensors"
+    side = train_tiny(tiny_model_dir, "eagle", out, "--token-weight", "0.5")
+    assert side["method"] == "eagle" and side["config"]["loss"] == {"feature": 1.0, "token": 0.5, "noise": 0.2}
+    assert side["data"]["splits"].startswith("training only") and len(side["heldout_topk"]) == 1
+    run = run_tiny(tiny_model_dir, "eagle", isolated_cache / "run", f"checkpoint={out}", "depth=2", "total_tokens=5")
+    assert run.exit_code == 0, run.output
+    assert "100%" in run.output  # lossless
+    too_many = run_tiny(tiny_model_dir, "eagle", isolated_cache / "run2", f"checkpoint={out}", "depth=1")
+    assert too_many.exit_code == 2 and "total_tokens <= the 4 nodes drafted" in too_many.output

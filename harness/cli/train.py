@@ -12,6 +12,7 @@ import click
 from harness.core.modelload import DEFAULT_MODEL, load_model
 from harness.train.distill import CorpusConfig
 from harness.train.training import TrainConfig, train_and_save
+from methods.eagle import LOSS as EAGLE_LOSS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -66,10 +67,14 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
         chosen = chosen * k if len(chosen) == 1 else chosen
         if len(chosen) != k:
             raise click.BadParameter(f"--steps {k} but {len(chosen)} layers given", param_hint="--steps")
+    _train_drafter(lm, kw, "firp", lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source))
+
+
+def _train_drafter(lm, kw: dict, name: str, build) -> None:
+    """Train `build(engine)` with the shared loop and corpus options; write weights + sidecar."""
     corpus, cfg = configs(kw)
     t0 = time.time()
-    path = train_and_save(lm, lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source),
-                          corpus, cfg, kw["name"] or "firp", path=kw["out"])
+    path = train_and_save(lm, build, corpus, cfg, kw["name"] or name, path=kw["out"])
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
 
 
@@ -88,11 +93,24 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     from methods.medusa import MedusaHeads
 
     lm = load_model(kw["model"], kw["device"])
-    corpus, cfg = configs(kw)
-    t0 = time.time()
-    path = train_and_save(lm, lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head),
-                          corpus, cfg, kw["name"] or "medusa", path=kw["out"])
-    click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
+    _train_drafter(lm, kw, "medusa", lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head))
+
+
+@train.command("eagle")
+@click.option("--feature-weight", type=float, default=EAGLE_LOSS["feature"], show_default=True,
+              help="Weight of the smooth-L1 regression to the target's next feature (EAGLE's v_w).")
+@click.option("--token-weight", type=float, default=EAGLE_LOSS["token"], show_default=True,
+              help="Weight of the KL to the target's next-token distribution (EAGLE's p_w).")
+@click.option("--noise", type=float, default=EAGLE_LOSS["noise"], show_default=True,
+              help="Uniform noise on the input features, EAGLE's std (width std * 512 / d); 0: none.")
+@corpus_options
+def train_eagle_cmd(feature_weight, token_weight, noise, **kw) -> None:
+    """EAGLE: a one-layer head over the target's features and next tokens (weights + JSON sidecar)."""
+    from methods.eagle import EagleHead, target_shapes
+
+    lm = load_model(kw["model"], kw["device"])
+    loss = {"feature": feature_weight, "token": token_weight, "noise": noise}
+    _train_drafter(lm, kw, "eagle", lambda e: EagleHead(e, target_shapes(e), loss))
 
 
 @train.command("self-spec")

@@ -2,12 +2,15 @@
 config, training data and record) in a JSON sidecar beside them (same name, `.json`).
 
 Checkpoints are untrusted input: a file that is not what it claims to be is refused with
-`CheckpointError` naming the file, the method it was asked for and the reason.
+`CheckpointError` naming the file, the method it was asked for and the reason. Released weight
+files of other projects (`read_tensors`) are read as plain tensors only: safetensors, or pickled
+`.pt`/`.bin` files through torch's weights-only unpickler, which runs no code from the file.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -39,13 +42,11 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
     sidecar_path = path.with_suffix(".json")
     if not path.is_file():
         raise refuse("no such file")
-    if not sidecar_path.is_file():
-        raise refuse(f"its sidecar {sidecar_path.name} is missing")
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise refuse(f"its sidecar {sidecar_path.name} is not JSON ({err})") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("config"), dict):
+        sidecar = read_json(sidecar_path)
+    except CheckpointError as err:
+        raise refuse(f"its sidecar {err}") from None
+    if not isinstance(sidecar.get("config"), dict):
         raise refuse(f"its sidecar {sidecar_path.name} has no 'config' object")
     written_by = sidecar.get("method")
     if kind is not None and written_by is not None and written_by != kind:
@@ -55,3 +56,53 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[dict[str, torc
     except (SafetensorError, OSError, ValueError) as err:
         raise refuse(f"the weights cannot be read as safetensors ({err})") from None
     return state, sidecar
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; CheckpointError naming the file when it is missing or not one."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from a released weights file (.safetensors, .pt or .bin), on the
+    CPU. A pickle is read with `torch.load(weights_only=True)`: a file that needs anything but
+    tensors and plain containers (code to run, custom classes) is refused with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} cannot be read as safetensors ({err})") from None
+    if path.suffix not in (".pt", ".bin", ".pth"):
+        raise CheckpointError(f"{path}: unknown weights format {path.suffix!r} (.safetensors, .pt, .bin)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, str(err)) from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read as a torch weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} is not a flat dict of named tensors (a state dict)")
+    return state
+
+
+def _refusal(path: Path, message: str) -> CheckpointError:
+    """The weights-only unpickler's verdict in one line: a file naming a callable or class to
+    rebuild (code that a full unpickle would run) is refused as such; anything else is unreadable."""
+    lines = [line.strip() for line in message.splitlines()]
+    why = next((line for line in lines if "Unsupported global" in line), None)
+    if why:
+        return CheckpointError(f"{path} was refused: it holds more than tensors, and unpickling it would run code "
+                               f"or build objects of the file's choosing ({why.split('. Please')[0]})")
+    detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+    return CheckpointError(f"{path} cannot be read as a torch weights file ({detail})")

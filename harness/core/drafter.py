@@ -29,6 +29,12 @@ def load_frozen(engine: Engine, path: Path, build, kind: str | None = None) -> t
     sidecar; a checkpoint that is corrupt, foreign (`kind`: the method it must be for) or does not
     fit its own config is refused with CheckpointError."""
     state, sidecar = load_checkpoint(path, kind)
+    return frozen_module(engine, build, state, sidecar, f"{path} is not a valid {kind or 'drafter'} checkpoint"), sidecar
+
+
+def frozen_module(engine: Engine, build, state: dict, sidecar: dict, refusal: str) -> torch.nn.Module:
+    """`build(engine, sidecar["config"])` loaded strictly with `state`, frozen, on the engine's
+    device and dtype; a config or state that does not fit raises CheckpointError(refusal: why)."""
     try:
         module = build(engine, sidecar["config"])
         module.load_state_dict(state)
@@ -36,8 +42,8 @@ def load_frozen(engine: Engine, path: Path, build, kind: str | None = None) -> t
         if isinstance(err, CheckpointError):
             raise
         detail = f"config lacks {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-        raise CheckpointError(f"{path} is not a valid {kind or 'drafter'} checkpoint: {detail}") from None
-    return module.to(engine.device, engine.dtype).eval().requires_grad_(False), sidecar
+        raise CheckpointError(f"{refusal}: {detail}") from None
+    return module.to(engine.device, engine.dtype).eval().requires_grad_(False)
 
 
 class TreeDrafter(Method):
@@ -47,7 +53,7 @@ class TreeDrafter(Method):
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.weights: Path = self.weights_path()
-        self.module, self.sidecar = load_frozen(engine, self.weights, self.build_module, self.name)
+        self.module, self.sidecar = self.load_module(engine, self.weights)
         try:
             self.shape = TreeShape(resolve_tree(self.config["tree"], self.module.steps), engine.device)
         except ValueError as err:
@@ -60,6 +66,10 @@ class TreeDrafter(Method):
     @staticmethod
     def build_module(engine: Engine, config: dict) -> torch.nn.Module:
         raise NotImplementedError
+
+    def load_module(self, engine: Engine, path: Path) -> tuple[torch.nn.Module, dict]:
+        """(frozen module, sidecar) from `path`; a subclass may also read other formats."""
+        return load_frozen(engine, path, self.build_module, self.name)
 
     def describe(self) -> dict:
         out = super().describe()

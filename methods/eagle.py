@@ -1,0 +1,209 @@
+"""EAGLE (Li et al. 2024) with EAGLE-2's dynamic draft tree: a one-decoder-layer head drafts by
+autoregressing on the target's features, decoding each predicted feature with the target's frozen
+LM head; the most confident draft nodes are verified as one tree by the shared loop.
+
+The head, as released by SafeAILab/EAGLE (EAGLE-1/2: eagle/model/cnets1.py `Model`, used by
+eagle/model/ea_model.py `EaModel`):
+- the feature is the target's last hidden state AFTER its final norm (`outputs[0]` of the base
+  model's LlamaModel in ea_model.py, which applies `self.norm` last in modeling_llama_kv.py);
+- head row t takes (feature f_t, embedding of token t + 1), concatenated in the order
+  [embedding; feature] and projected by `fc` (2d -> d, bias unless config.json says
+  `"bias": false`); its output is the predicted feature f_{t+1};
+- one Llama decoder layer whose layer 0 has NO input norm (cnets1.py builds `input_layernorm`
+  only for index != 0); the post-attention norm and the MLP are standard;
+- the output goes to the target's LM head directly, with no norm in between (the head predicts
+  a normed feature);
+- keys: fc.weight, fc.bias, layers.0.self_attn.{q,k,v,o}_proj.weight,
+  layers.0.mlp.{gate,up,down}_proj.weight, layers.0.post_attention_layernorm.weight, and
+  optionally embed_tokens.weight (a copy of the target's embedding), in pytorch_model.bin or
+  model.safetensors beside a config.json of the layer's shapes.
+Our checkpoints use the same key names (without the embedding: the head shares the target's).
+
+Decoding: the verify forward's hidden states of the accepted nodes are the next features (no
+extra target forward). propose() first runs the head over the rows committed since the last step
+(their features, the next tokens: the accepted drafts and the new pending token) into the head's
+own KV cache, then grows the dynamic tree (methods/eagle_tree.py), one head forward per extra
+level over the top_k frontier rows, written past the committed slots; the next step overwrites
+them, so the head cache is rolled back to the accepted path for free. Head forwards per step:
+`depth`. Host reads: none; the frontier choice, the rerank and the tree mask stay on the device,
+so the loop's one read per step is all.
+
+Training (`spec-harness train eagle`): teacher-forced on the target's own features as the paper
+trains: smooth L1 to the next feature plus KL of the decoded draft to the target's distribution
+(weights 1.0 / 0.1, eagle/train/main.py), with uniform noise on the input features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from harness.core.drafter import frozen_module, load_frozen
+from harness.core.engine import Context, Engine, KVCache
+from harness.core.method import Method, MethodError, Option
+from harness.core.tree import Tree
+from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
+from methods.eagle_released import released_head
+from methods.eagle_tree import DraftTree
+
+SHAPES = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "hidden_act")
+LOSS = {"feature": 1.0, "token": 0.1, "noise": 0.2}  # EAGLE's v_w, p_w and uniform noise std
+
+
+def target_shapes(engine: Engine) -> dict:
+    """The head's layer shapes when it copies the target's (our own heads)."""
+    cfg = engine.config
+    return {"fc_bias": True, "embedding": False, **{k: getattr(cfg, k) for k in SHAPES}}
+
+
+class EagleHead(nn.Module):
+    """fc over [embedding; feature] -> one Llama decoder layer without input norm -> features."""
+
+    kind = "eagle"
+    steps = 1  # trained teacher-forced, one feature ahead
+
+    def __init__(self, engine: Engine, config: dict, loss: dict | None = None):
+        super().__init__()
+        t, d = engine.config, engine.hidden_size
+        self.shapes = {k: config[k] for k in ("fc_bias", "embedding", *SHAPES)}
+        self.loss_weights = dict(loss or LOSS)
+        layer_cfg = LlamaConfig(vocab_size=t.vocab_size, hidden_size=d, num_hidden_layers=1,
+                                head_dim=getattr(t, "head_dim", d // t.num_attention_heads),
+                                attn_implementation=t._attn_implementation,
+                                **{k: config[k] for k in SHAPES})
+        self.fc = nn.Linear(2 * d, d, bias=config["fc_bias"])
+        self.layers = nn.ModuleList([LlamaDecoderLayer(layer_cfg, layer_idx=0)])
+        self.layers[0].input_layernorm = nn.Identity()  # EAGLE's layer 0 has no input norm
+        if config["embedding"]:  # a released head may carry its own copy of the embedding
+            self.embed_tokens = nn.Embedding(t.vocab_size, d)
+        self._frozen = [engine.embed_tokens, engine.lm_head]  # lists: the target's, not ours
+
+    def config(self) -> dict:
+        return {**self.shapes, "loss": self.loss_weights}
+
+    def new_cache(self, max_len: int, device, dtype) -> KVCache:
+        attn = self.layers[0].self_attn
+        return KVCache(1, 1, attn.config.num_key_value_heads, attn.head_dim, max_len, dtype, device)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (self.embed_tokens if self.shapes["embedding"] else self._frozen[0])(tokens)
+
+    def lm_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self._frozen[1](features)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """features: [B, n, d] normed target features f_t; tokens: [B, n] token t + 1 -> [B, n, d]
+        predicted features f_{t + 1}."""
+        x = self.fc(torch.cat([self.embed(tokens), features], dim=-1))  # [B, n, d]
+        rope, mask = ctx.view(x.shape[1])
+        return self.layers[0](x, attention_mask=mask, position_embeddings=rope, cache=ctx.cache)
+
+    def loss(self, engine: Engine, batch: Batch):
+        """Row t (feature f_t, token t + 1) against the target's f_{t + 1} at every hung position:
+        smooth L1 on the feature + KL of the decoded draft to the target's distribution."""
+        (B, T), w = batch.ids.shape, self.loss_weights
+        with torch.no_grad():
+            feats = engine.norm(teacher_pass(engine, batch.ids).final)  # [B, T, d]
+        inputs = feats[:, :-1]
+        if torch.is_grad_enabled() and w["noise"]:  # training only (evaluation runs without grad)
+            inputs = inputs + (torch.rand_like(inputs) - 0.5) * w["noise"] * 512 / inputs.shape[-1]
+        ctx = engine.context(torch.arange(T - 1).expand(B, T - 1), None, None, start=0)
+        pred = gather_rows(self(inputs, batch.ids[:, 1:].to(engine.device), ctx), batch.hang)  # [B, m, d]
+        real = gather_rows(feats, batch.hang + 1)  # [B, m, d]
+        ok = batch.hang_ok & (batch.hang + 1 < batch.lengths[:, None])  # [B, m]
+        with torch.no_grad():
+            teacher = self.lm_head(real)
+        kl, hits, counted = step_losses(teacher[:, None], self.lm_head(pred)[:, None], ok[:, None])
+        l1 = nn.functional.smooth_l1_loss(pred.float(), real.float(), reduction="none").mean(-1)  # [B, m]
+        l1 = (l1 * ok).sum() / ok.sum().clamp(min=1)
+        return w["feature"] * l1 + w["token"] * kl, hits, counted
+
+
+def build_head(engine: Engine, config: dict) -> EagleHead:
+    return EagleHead(engine, config, config.get("loss"))
+
+
+def load_head(engine: Engine, path: Path) -> tuple[EagleHead, dict]:
+    """Our checkpoint (safetensors + sidecar), or a released EAGLE directory."""
+    if not Path(path).is_dir():
+        return load_frozen(engine, path, build_head, "eagle")
+    state, sidecar = released_head(engine, Path(path), target_shapes(engine))
+    return frozen_module(engine, build_head, state, sidecar, f"{path} is not a valid EAGLE draft"), sidecar
+
+
+class Eagle(Method):
+    """Drafts a dynamic tree with an EagleHead each step (see the module docstring)."""
+
+    name = "eagle"
+    summary = "EAGLE-2: one-layer feature head, dynamic draft tree, tree-verified"
+    weights_file = "eagle.safetensors"
+    options = (
+        Option("checkpoint", "str", "eagle", "checkpoint name under methods/checkpoints/<model>/, a path, "
+               "or a released EAGLE directory (config.json + pytorch_model.bin or model.safetensors)"),
+        Option("depth", "int", 4, "draft tree depth: head forwards per step (EAGLE's code counts one less)"),
+        Option("top_k", "int", 4, "children per expanded node, and nodes expanded per level"),
+        Option("total_tokens", "int", 8, "draft nodes verified per step, root excluded (EAGLE counts the root)"),
+    )
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        depth, k, total = (self.config[o] for o in ("depth", "top_k", "total_tokens"))
+        drafted = k + (depth - 1) * k * k
+        if min(depth, k, total) < 1 or total > drafted:
+            raise MethodError(f"eagle: depth, top_k and total_tokens must be >= 1 and total_tokens <= the "
+                              f"{drafted} nodes drafted at depth {depth}, top_k {k}")
+        self.weights = self.weights_path()
+        self.head, self.sidecar = load_head(engine, self.weights)
+        self._cache: KVCache | None = None
+        self._feats = self._tokens = self._prompt = None
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(weights=str(self.weights), module=self.head.config(),
+                   training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
+        return out
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        room = cache.max_len + self.config["depth"] * self.config["top_k"]
+        if self._cache is None or self._cache.max_len < room:
+            self._cache = self.head.new_cache(room, self.engine.device, self.engine.dtype)
+        self._cache.reset()
+        self._prompt = ids
+        return super().prefill(ids, cache)
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        """Keep the features of the newly committed rows and their next tokens (but the pending
+        token, which propose() receives)."""
+        if tree is None:  # the prompt: every row
+            self._feats, self._tokens = self.engine.norm(hidden[: path[-1] + 1]), self._prompt[1:]
+        else:
+            self._feats, self._tokens = self.engine.norm(hidden[path]), tree.tokens[path[1:]]
+
+    def _head(self, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, start: int,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One head forward of rows at head-cache slots [start, start + n) -> outputs [n, d]."""
+        ctx = self.engine.context(positions, None, self._cache, start=start, full_mask=mask)
+        self.engine.count_draft()
+        return self.head(feats[None], tokens[None], ctx)[0]
+
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        eng, hc, C = self.engine, self._cache, cache.length
+        depth, k = self.config["depth"], self.config["top_k"]
+        root_t = torch.tensor([root], device=eng.device)
+        new = torch.cat([self._tokens, root_t])  # [a] tokens t + 1 of the rows committed since the last step
+        out = self._head(self._feats, new, torch.arange(hc.length, C, device=eng.device), hc.length)  # [a, d]
+        hc.length = C  # committed: head rows 0 .. C-1 now hold real features
+        draft = DraftTree(root_t, torch.log_softmax(self.head.lm_head(out[-1]).float(), -1), k)
+        hidden = out[-1:].expand(k, -1)  # [k, d] the frontier's input features
+        seen = torch.eye(k, dtype=torch.bool, device=eng.device)  # [k, k*(level+1)] draft rows each sees
+        for level in range(depth - 1):
+            mask = torch.cat([seen.new_ones(k, C), seen], dim=1)[None, None]
+            positions = torch.full((k,), C + level, device=eng.device)
+            out = self._head(hidden, draft.frontier_tokens, positions, C + level * k, mask)  # [k, d]
+            rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))
+            hidden, seen = out[rows], torch.cat([seen[rows], torch.eye(k, dtype=torch.bool, device=eng.device)], 1)
+        return draft.tree(self.config["total_tokens"])
