@@ -127,7 +127,7 @@ class SpS(UsesDraft, Method):
         try:
             self.draft = Engine(lm)
         except TypeError as err:
-            raise MethodError(f"sps.draft: {err}") from None
+            raise MethodError(f"{self.name}.draft: {err}") from None
         self.dcache: KVCache | None = None
         self._unfed = torch.zeros(0, dtype=torch.long, device=engine.device)  # committed, not yet fed to the draft
         self._root_slot = self._fed = 0  # slot of the last root; tree tokens fed to the draft (root first)
