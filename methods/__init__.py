@@ -11,9 +11,12 @@ REGISTRY: dict[str, str] = {
     "eagle": "methods.eagle:Eagle",
     "self-spec": "methods.self_speculative:SelfSpeculative",
     "lookahead": "methods.lookahead:Lookahead",
+    "pld": "methods.pld:PromptLookup",
+    "sps": "methods.sps:SpS",
     "hf-generate": "methods.peers:HFGenerate",
     "hf-early-exit": "methods.peers:HFEarlyExit",
     "hf-prompt-lookup": "methods.peers:HFPromptLookup",
+    "hf-assisted": "methods.peers:HFAssisted",
 }
 
 BASELINE = "ar"

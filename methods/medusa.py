@@ -104,8 +104,14 @@ class Medusa(TreeDrafter):
     def load_module(self, engine: Engine, path: Path) -> tuple[nn.Module, dict]:
         """Our checkpoint (safetensors + JSON sidecar), or released heads (see the module doc)."""
         path = Path(path)
-        ours = path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
-        return super().load_module(engine, path) if ours else load_released(engine, path)
+        if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+            return super().load_module(engine, path)
+        try:
+            return load_released(engine, path)
+        except CheckpointError as err:  # neither format: say what was tried
+            reason = str(err).removeprefix(str(path)).lstrip(": ")
+            raise CheckpointError(f"{path} is not a valid medusa checkpoint (no sidecar, so read as released "
+                                  f"Medusa heads): {reason}") from None
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
         normed = self.engine.norm(hidden[path[-1]])

@@ -9,13 +9,14 @@ one holding only its special tokens; what it held is restored after, and recorde
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import GenerationConfig
 
 from harness.core.decoding import Decoded
 from harness.core.method import Method, MethodError, Option
+from methods.sps import UsesDraft
 
 PLAIN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
               "_from_model_config")
@@ -43,6 +44,11 @@ class HFGenerate(Method):
     def generate_kwargs(self) -> dict:
         return {}
 
+    def assisting(self):
+        """A context giving generate() keyword arguments that are objects, not recorded options
+        (an assistant model); none here."""
+        return nullcontext({})
+
     def describe(self) -> dict:
         model_defaults = self.engine.model.generation_config.to_diff_dict()
         overridden = {k: v for k, v in model_defaults.items() if k not in PLAIN_KEYS}
@@ -56,8 +62,8 @@ class HFGenerate(Method):
         eos = sorted(eos_ids)
         config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                                   eos_token_id=eos, pad_token_id=eos[0], **self.generate_kwargs())
-        with plain_generation_config(model):
-            seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        with plain_generation_config(model), self.assisting() as extra:
+            seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, **extra)
         out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None)
         out.stop = "eos" if out.output_ids and out.output_ids[-1] in eos_ids else "length"
         return out
@@ -102,3 +108,33 @@ class HFPromptLookup(HFGenerate):
 
     def generate_kwargs(self) -> dict:
         return {"prompt_lookup_num_tokens": self.config["tokens"]}
+
+
+class HFAssisted(UsesDraft, HFGenerate):
+    """transformers' assisted generation: generate(assistant_model=<draft>) with the draft `sps`
+    uses (the same construction, same options): k draft tokens per step on a constant schedule,
+    the same confidence threshold (0 = off). transformers adapts a threshold > 0 over the run when
+    scikit-learn is installed; `sps` keeps it fixed. The outside counterpart of `sps`."""
+
+    name = "hf-assisted"
+    summary = "transformers generate(assistant_model=draft): draft-model assisted decoding (outside peer)"
+
+    def __init__(self, engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.assistant = self.load_draft()
+
+    def assistant_config(self) -> GenerationConfig:
+        """The assistant's own generation config for the call: its special tokens and how it drafts."""
+        saved = self.assistant.generation_config
+        special = {k: getattr(saved, k, None) for k in PLAIN_KEYS[:4]}
+        return GenerationConfig(**special, num_assistant_tokens=self.config["k"], num_assistant_tokens_schedule="constant",
+                                assistant_confidence_threshold=self.config["threshold"])
+
+    @contextmanager
+    def assisting(self):
+        saved = self.assistant.generation_config
+        self.assistant.generation_config = self.assistant_config()
+        try:
+            yield {"assistant_model": self.assistant}
+        finally:
+            self.assistant.generation_config = saved

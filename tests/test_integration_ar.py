@@ -17,6 +17,14 @@ def real_prompts(tokenizer, per_dataset=2):
             yield name, chat_prompt(tokenizer, sample.turns[:1], [])
 
 
+def ar_references(real, max_new=48):
+    """(name, prompt, the baseline's output) for the first 2 samples of each dataset."""
+    engine = Engine(real.model)
+    ar, cache, eos = Autoregressive(engine, real.key), engine.new_cache(2048), {real.tokenizer.eos_token_id}
+    return [(name, prompt, decode(ar, prompt, max_new, eos, cache).output_ids)
+            for name, prompt in real_prompts(real.tokenizer)]
+
+
 def test_autoregressive_equals_generate_on_real_text(real):
     engine = Engine(real.model)
     ar = Autoregressive(engine, real.key)

@@ -2,11 +2,10 @@
 output, token for token, on real samples of all three datasets (first turn, 48 new tokens)."""
 
 import pytest
-from test_integration_ar import real_prompts
+from test_integration_ar import ar_references
 
 from harness.core.decoding import decode
 from harness.core.engine import Engine
-from methods.autoregressive import Autoregressive
 from methods.lookahead import Lookahead
 
 pytestmark = pytest.mark.integration
@@ -14,11 +13,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def references(real):
-    """(name, prompt, the baseline's output) for the first 2 samples of each dataset."""
-    engine = Engine(real.model)
-    ar, cache, eos = Autoregressive(engine, real.key), engine.new_cache(2048), {real.tokenizer.eos_token_id}
-    return [(name, prompt, decode(ar, prompt, 48, eos, cache).output_ids)
-            for name, prompt in real_prompts(real.tokenizer)]
+    return ar_references(real)
 
 
 @pytest.mark.parametrize("options", [{}, {"preset": "published"}])

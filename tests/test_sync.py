@@ -1,5 +1,6 @@
 """Host reads per decoding step: on a GPU every read of a tensor on the host waits for the device,
-so the shared loop and the drafting hooks of ar, firp, medusa and eagle read at most once per step.
+so the shared loop and the drafting hooks of ar, firp, medusa, eagle, pld and sps (threshold 0)
+read at most once per step.
 
 Counted on the CPU with a dispatch mode (the aten ops behind .item(), int(), float(), bool() and
 .nonzero()) plus every Tensor.tolist()/numpy() call (which Engine.host uses), so a read added
@@ -10,6 +11,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_model
 from test_eagle import make_eagle
 from test_firp import make_firp
 from test_medusa import make_medusa
@@ -17,6 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.core.decoding import decode
 from methods.autoregressive import Autoregressive
+from methods.pld import PromptLookup
+from methods.sps import SpS
 
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero", "aten::masked_select",
             "aten::equal", "aten::allclose", "aten::_unique2", "aten::unique_consecutive"}
@@ -57,7 +61,15 @@ BUILDERS = {
     "firp": lambda engine, tmp: make_firp(engine, tmp),
     "medusa": lambda engine, tmp: make_medusa(engine, tmp, perturb=0.3),
     "eagle": lambda engine, tmp: make_eagle(engine, tmp),
+    "pld": lambda engine, tmp: PromptLookup(engine, "tiny", k=4),
+    "sps": lambda engine, tmp: SpS(engine, "tiny", draft=str(draft_model(tmp)), k=3),
 }
+
+
+def draft_model(tmp):
+    """A second tiny random Llama as an HF directory (the draft of sps)."""
+    tiny_model(seed=1, layers=2).save_pretrained(tmp / "draft")
+    return tmp / "draft"
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

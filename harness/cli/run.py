@@ -24,7 +24,7 @@ def list_cmd(model: str) -> None:
         cls = registry.get(name)
         path = cls.default_weights(key)
         weights = "no weights needed" if path is None else (f"weights: {path}" if path.exists()
-                                                             else f"NO WEIGHTS: run `spec-harness train {name}`")
+                                                             else f"NO WEIGHTS: run `spec-harness train {cls.train_command()}`")
         click.echo(f"  {name:12s} {cls.summary} [{weights}]")
         for opt in cls.options:
             click.echo(f"      {name}.{opt.name}={opt.default!s:<10} {opt.help}")

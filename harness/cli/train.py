@@ -113,6 +113,31 @@ def train_eagle_cmd(feature_weight, token_weight, noise, **kw) -> None:
     _train_drafter(lm, kw, "eagle", lambda e: EagleHead(e, target_shapes(e), loss))
 
 
+@train.command("sps-draft")
+@click.option("--layers", "n_layers", type=int, default=2, show_default=True,
+              help="Decoder layers N of the draft, taken from the target (which: --pick).")
+@click.option("--pick", type=click.Choice(["first", "spread"]), default="first", show_default=True,
+              help="first: the target's first N layers; spread: N layers evenly over its depth, first and last included.")
+@click.option("--from-layers", default=None, help="The target's layers to start from, e.g. 0,1,29 (overrides --layers, --pick).")
+@corpus_options
+def train_sps_draft_cmd(n_layers, pick, from_layers, **kw) -> None:
+    """SpS: a shallow draft built from the target (its embeddings and LM head shared and frozen),
+    distilled on the training-split corpus (weights of its own layers + JSON sidecar)."""
+    from methods.sps_draft import ShallowDraft, pick_layers
+
+    lm = load_model(kw["model"], kw["device"])
+    try:
+        chosen = _ints(from_layers) if from_layers else pick_layers(lm.model.config.num_hidden_layers, n_layers, pick)
+        ShallowDraft(lm.model, chosen)  # fails here on layers the target lacks
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--layers/--from-layers") from None
+    corpus, cfg = configs(kw)
+    t0 = time.time()
+    path = train_and_save(lm, lambda e: ShallowDraft(e.model, chosen), corpus, cfg, kw["name"] or "sps-draft",
+                          path=kw["out"])
+    click.echo(f"wrote {path} (+ .json sidecar; layers {list(chosen)}) in {time.time() - t0:.0f} s")
+
+
 @train.command("self-spec")
 @click.option("--trials", type=int, default=200, show_default=True, help="Bayesian-optimisation trials (TPE).")
 @click.option("--num-prompts", type=int, default=8, show_default=True,
@@ -149,7 +174,7 @@ def _layer_range(text: str) -> list[int]:
 
 @click.group()
 def analyze() -> None:
-    """Analyses behind the FIRP paper's figures (written as JSON for `spec-harness figures`)."""
+    """Analyses: the FIRP paper's figures (JSON for `spec-harness figures`), the SpS draft size."""
 
 
 @analyze.command("firp")
@@ -240,6 +265,40 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
                      "seconds": round(time.time() - t0), "training": asdict(cfg),
                      "data": corpus_summary(corpus, seqs)})
     click.echo(f"best step-1 layer: {best} (top-1 {result[best][0]:.3f}); wrote {out}")
+
+
+@analyze.command("sps-draft")
+@click.option("--drafts", required=True, help="Comma-separated drafts to compare (sps.draft values: checkpoint names "
+                                              "under methods/checkpoints/<model>/, .safetensors paths, HF ids or dirs).")
+@click.option("--num-prompts", type=int, default=8, show_default=True, help="Prompts per tuning set (gsm8k-train, xsum-train).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--k", type=int, default=4, show_default=True, help="sps.k: draft tokens per step.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output JSON (default results/sps-draft-size/<model>-<device>.json).")
+def analyze_sps_draft_cmd(drafts, num_prompts, max_new_tokens, k, model, device, out) -> None:
+    """The SpS draft size: per draft, its forward cost against the target's and the acceptance,
+    tau and paired speedup of `sps` with it on the tuning sets (run it on an idle machine)."""
+    from harness.analysis.draftsize import RESULTS_DIR, SizeConfig, measure_drafts
+    from harness.bench.results import write_json
+    from harness.cli.common import USER_ERRORS, csv, fail
+
+    labels = csv(drafts)
+    try:
+        lm = load_model(model, device)
+        result = measure_drafts(lm, {label: label for label in labels}, SizeConfig(num_prompts, max_new_tokens, k))
+    except USER_ERRORS as err:
+        fail(err)
+    out = out or RESULTS_DIR / f"{lm.key}-{lm.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    click.echo(f"target c(1) = {result['c_ms']:.2f} ms; baseline {result['ar']['tokens_per_s']:.1f} tok/s")
+    for row in result["rows"]:
+        click.echo("{draft}: layers {layers}, c_d(1) = {c_d_ms:.2f} ms ({cost_ratio:.2f} c), acceptance {acceptance}, "
+                   "tau {tau:.2f}, {tokens_per_s:.1f} tok/s, speedup {speedup_median:.3f}, "
+                   "lossless {lossless_rate:.0%}".format(**row))
+    click.echo(f"best: {result['best']}; wrote {out}")
 
 
 COMMANDS = (train, analyze)

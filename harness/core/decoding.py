@@ -99,6 +99,7 @@ def decode(method: Method, prompt_ids: list[int], max_new_tokens: int, eos_ids: 
     reads, drafts = engine.counters.host_reads, engine.counters.draft_forwards
     cache.reset()
     t0 = time.perf_counter()
+    method.begin(prompt_ids)
     hidden, pending = _prefill(method, prompt_ids, cache, out)
     done = commit.add([pending])
     synchronize(engine.device)

@@ -2,7 +2,7 @@
 
 A method says how it drafts; the shared loop in harness/core/decoding.py does the rest:
 
-    prefill -> observe -> [propose -> verify -> greedy accept -> keep cache -> observe]*
+    begin -> prefill -> observe -> [propose -> verify -> greedy accept -> keep cache -> observe]*
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Method:
     summary: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     weights_file: ClassVar[str | None] = None  # trained artifact under checkpoints/<model>/
+    trainer: ClassVar[str | None] = None  # `spec-harness train <trainer>` builds it (default: the name)
 
     def __init__(self, engine: Engine, model_key: str, **values: Any):
         self.engine = engine
@@ -111,10 +112,15 @@ class Method:
         if path is None or not path.exists():
             raise MethodError(
                 f"{self.name}: no trained weights for model {self.model_key} at {path}; "
-                f"train them with `spec-harness train {self.name} --model <model>` "
+                f"train them with `spec-harness train {self.train_command()} --model <model>` "
                 f"or pass --method-arg {self.name}.checkpoint=PATH"
             )
         return path
+
+    @classmethod
+    def train_command(cls) -> str:
+        """The `spec-harness train` subcommand that builds this method's weights."""
+        return cls.trainer or cls.name
 
     def describe(self) -> dict[str, Any]:
         """Everything a results manifest needs to say what ran."""
@@ -122,6 +128,9 @@ class Method:
                                                for k, v in self.config.items()}}
 
     # -- the decoding hooks ------------------------------------------------------------------
+    def begin(self, prompt_ids: list[int]) -> None:
+        """A turn starts: the prompt as host ids, before its prefill (no device read needed)."""
+
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Target forward over the prompt. ids: [P] -> hidden [P, d] (pre final norm)."""
         positions = torch.arange(ids.numel(), device=self.engine.device)

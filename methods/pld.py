@@ -1,0 +1,101 @@
+"""Prompt lookup decoding (Saxena 2023, "Prompt Lookup Decoding", as run in Spec-Bench):
+training-free, the draft is copied from the context itself.
+
+Each step the last n tokens of the context (prompt + committed output, the pending root
+included), n from max_ngram down to min_ngram, are looked up among the context's earlier
+n-grams; the most recent earlier occurrence wins and the (up to) k tokens that followed it form
+a chain draft. No match: a plain one-token step. The shared loop verifies the chain with one
+target forward, so decoding stays exact.
+
+The context lives on the host: the prompt arrives through `begin`, the root through `propose`,
+the accepted draft tokens through `observe` (the path indexes the host-built draft). An index
+keeps, per n, where the most recent occurrence of every n-gram ended, updated as tokens are
+committed: a lookup is a few dict probes, never a rescan of the context, and PLD adds no host
+read to the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from harness.core.engine import KVCache
+from harness.core.method import Method, MethodError, Option
+from harness.core.tree import Tree
+
+
+class NGramIndex:
+    """A growing token sequence and, for n in [lo, hi], every n-gram that ends before its last
+    token -> the index just past its most recent such occurrence (where its continuation starts).
+    The n-grams ending at the last token are registered when the next token arrives, so the
+    suffix being looked up never matches itself."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+        self.tokens: list[int] = []
+        self._after: list[dict[tuple[int, ...], int]] = [{} for _ in range(hi - lo + 1)]
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        for tok in tokens:
+            end = len(self.tokens)  # n-grams ending at tokens[end - 1] become earlier occurrences
+            for n in range(self.lo, min(self.hi, end) + 1):
+                self._after[n - self.lo][tuple(self.tokens[end - n:end])] = end
+            self.tokens.append(int(tok))
+
+    def lookup(self, k: int) -> list[int]:
+        """The (up to) k tokens that followed the most recent earlier occurrence of the longest
+        suffix n-gram that occurred before; [] when none did."""
+        toks = self.tokens
+        for n in range(min(self.hi, len(toks) - 1), self.lo - 1, -1):
+            start = self._after[n - self.lo].get(tuple(toks[-n:]))
+            if start is not None:
+                return toks[start:start + k]
+        return []
+
+
+class PromptLookup(Method):
+    """Prompt lookup decoding on the shared loop: propose = the continuation of the context's
+    latest earlier match of its own suffix, as a chain."""
+
+    name = "pld"
+    summary = "prompt lookup decoding (PLD): the context's own n-gram matches draft a chain (training-free)"
+    options = (
+        Option("max_ngram", "int", 3, "longest suffix n-gram looked up (tried first)"),
+        Option("min_ngram", "int", 1, "shortest suffix n-gram looked up"),
+        # Saxena's and Spec-Bench's value; the k sweep on the tuning sets is to replace it
+        Option("k", "int", 10, "draft tokens copied per match (default: the published 10, until the "
+                                "k sweep on the training splits chooses it)"),
+    )
+
+    @classmethod
+    def resolve_options(cls, values: dict) -> dict:
+        """Typed options, checked before any model is loaded."""
+        out = super().resolve_options(values)
+        if out["min_ngram"] < 1 or out["max_ngram"] < out["min_ngram"]:
+            raise MethodError(f"pld: need 1 <= min_ngram <= max_ngram, got min_ngram={out['min_ngram']}, "
+                              f"max_ngram={out['max_ngram']}")
+        if out["k"] < 1:
+            raise MethodError(f"pld.k: {out['k']} must be at least 1")
+        return out
+
+    def __init__(self, engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
+        self._draft: list[int] = []  # the draft tokens of the last proposal, on the host
+
+    # -- the decoding hooks ------------------------------------------------------------------
+    def begin(self, prompt_ids: list[int]) -> None:
+        """A new turn: the index starts over from the prompt."""
+        self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
+        self.index.extend(prompt_ids)
+
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        self.index.extend([root])
+        room = cache.max_len - cache.length - 1  # verify needs 1 + drafts slots
+        self._draft = self.index.lookup(min(self.config["k"], room)) if room > 0 else []
+        return Tree.chain(torch.tensor([root, *self._draft], dtype=torch.long, device=self.engine.device))
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        if tree is not None:
+            self.index.extend(self._draft[:len(path) - 1])  # the accepted draft tokens, committed

@@ -1,0 +1,179 @@
+"""Speculative sampling with a draft model (Leviathan et al. 2023, arXiv 2211.17192; Chen et al.
+2023, arXiv 2302.01318), greedy: a separate, smaller causal LM with its own KV cache drafts k
+tokens one by one from the pending root; one target forward verifies the chain.
+
+The draft (`sps.draft`) is any causal LM with the target's tokenizer, or by default the embedded
+draft trained for the target (methods/sps_draft.py, `spec-harness train sps-draft`). It runs
+through its own Engine and KVCache. Its cache holds the committed sequence up to a point:
+drafting feeds it the tokens it has not seen (the root, after a fully accepted draft also the
+last draft token) and then each draft token but the last; after verification it is truncated to
+the accepted prefix (the K/V of accepted draft tokens stay valid, nothing is recomputed).
+
+Every draft forward is booked with engine.count_draft() on the target engine (records:
+`draft_forwards`); tau counts target forwards only. With `threshold` > 0 drafting stops after a
+token whose top-1 draft probability is below it (as transformers' assistant does), which costs
+one host read per draft token; with threshold 0 the draft tokens stay on the device and the loop
+reads once per step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.core.engine import Engine, KVCache
+from harness.core.method import CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.core.tree import Tree
+from methods.sps_draft import KIND, load_draft_checkpoint
+
+DEFAULT_DRAFT = f"{KIND}.safetensors"
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id")
+
+
+DRAFT_OPTIONS = (
+    Option("draft", "str", "", f"draft model: an HF directory or hub id with the target's tokenizer, or a trained "
+                               f"draft (name under methods/checkpoints/<model>/ or .safetensors path); empty = {KIND}"),
+    Option("k", "int", 4, "draft tokens per step (most; a low-confidence stop may draft fewer)"),
+    Option("threshold", "float", 0.0, "stop drafting after a token whose draft top-1 probability is below "
+                                      "this (0 = off; > 0 costs a host read per draft token)"),
+)
+
+
+def _ids(value) -> set:
+    return set(value) if isinstance(value, (list, tuple)) else {value}
+
+
+def check_vocabulary(target_config, draft_config, label: str, name: str = "sps") -> None:
+    """The draft must share the target's vocabulary: same size, same special tokens."""
+    t, d = target_config.vocab_size, draft_config.vocab_size
+    if t != d:
+        raise MethodError(f"{name}.draft: {label} has a vocabulary of {d} tokens, the target's has {t}; "
+                          "the draft must use the target's tokenizer")
+    for key in SPECIAL_TOKENS:
+        a, b = getattr(target_config, key, None), getattr(draft_config, key, None)
+        if a is not None and b is not None and _ids(a) != _ids(b):
+            raise MethodError(f"{name}.draft: {label} has {key}={b}, the target {a}; "
+                              "the draft must use the target's tokenizer")
+
+
+def draft_checkpoint(model_key: str, spec: str) -> Path | None:
+    """The trained-draft checkpoint that `sps.draft=spec` names; None when it names an HF model."""
+    if not spec:
+        return CHECKPOINT_ROOT / model_key / DEFAULT_DRAFT
+    if spec.endswith(".safetensors"):
+        return Path(spec)
+    named = CHECKPOINT_ROOT / model_key / f"{spec}.safetensors"
+    return named if named.exists() and not Path(spec).exists() else None
+
+
+def load_draft(engine: Engine, model_key: str, spec: str, name: str = "sps") -> tuple[torch.nn.Module, dict]:
+    """(the draft causal LM in the target's dtype and device, what it is) for `<name>.draft=spec`."""
+    own = draft_checkpoint(model_key, spec)
+    if own is not None:
+        if not own.exists():
+            raise MethodError(f"{name}: no trained draft for model {model_key} at {own}; train one with "
+                              f"`spec-harness train sps-draft --model <model>` or pass --method-arg {name}.draft=ID|DIR")
+        draft = load_draft_checkpoint(engine, own, model_key, name)
+        training = {k: draft.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")}
+        return draft.lm, {"source": str(own), "layers": list(draft.source_layers), "training": training}
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(spec, dtype=engine.dtype, attn_implementation="sdpa")
+    except (OSError, ValueError) as err:
+        raise MethodError(f"{name}.draft: cannot load {spec!r} as a causal LM ({str(err).splitlines()[0]})") from None
+    check_vocabulary(engine.config, lm.config, spec, name)
+    lm.to(engine.device).eval().requires_grad_(False)
+    return lm, {"source": spec, "layers": lm.config.num_hidden_layers}
+
+
+class UsesDraft:
+    """What `sps` and its outside peer `hf-assisted` share (mixed in before their Method base):
+    the draft options and their checks, the default weights, the draft's description."""
+
+    weights_file = DEFAULT_DRAFT
+    trainer = KIND
+    options = DRAFT_OPTIONS
+    draft_info: dict
+
+    @classmethod
+    def resolve_options(cls, values: dict) -> dict:
+        """Typed options, checked before any model is loaded."""
+        out = super().resolve_options(values)
+        if out["k"] < 1:
+            raise MethodError(f"{cls.name}.k: {out['k']} must be at least 1")
+        if not 0.0 <= out["threshold"] <= 1.0:
+            raise MethodError(f"{cls.name}.threshold: {out['threshold']} is not in [0, 1]")
+        return out
+
+    def load_draft(self) -> torch.nn.Module:
+        lm, self.draft_info = load_draft(self.engine, self.model_key, self.config["draft"], self.name)
+        return lm
+
+    def describe(self) -> dict:
+        return {**super().describe(), "draft": self.draft_info}
+
+
+class SpS(UsesDraft, Method):
+    """Draft-model speculative decoding on the shared loop (greedy)."""
+
+    name = "sps"
+    summary = "speculative sampling (SpS), greedy: a small draft model with its own KV cache drafts a chain"
+
+    def __init__(self, engine: Engine, model_key: str, **values):
+        super().__init__(engine, model_key, **values)
+        lm = self.load_draft()
+        try:
+            self.draft = Engine(lm)
+        except TypeError as err:
+            raise MethodError(f"{self.name}.draft: {err}") from None
+        self.dcache: KVCache | None = None
+        self._unfed = torch.zeros(0, dtype=torch.long, device=engine.device)  # committed, not yet fed to the draft
+        self._root_slot = self._fed = 0  # slot of the last root; tree tokens fed to the draft (root first)
+
+    def _draft_forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids [c] to the draft at the next slots of its cache; logits [V] of the last one."""
+        start, cache = self.dcache.length, self.dcache
+        positions = torch.arange(start, start + ids.numel(), device=self.engine.device)
+        h = self.draft.forward(ids, positions, None, cache)  # [1, c, d]
+        cache.truncate(start + ids.numel())
+        self.engine.count_draft()
+        return self.draft.logits(h[0, -1])
+
+    # -- the decoding hooks ------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The target's prefill, then the draft's over the same prompt (a fresh draft cache)."""
+        hidden = super().prefill(ids, cache)
+        if self.dcache is None or self.dcache.max_len < cache.max_len:
+            self.dcache = self.draft.new_cache(cache.max_len)
+        self.dcache.reset()
+        self._draft_forward(ids)
+        self._unfed = ids[:0]
+        return hidden
+
+    def propose(self, root: int, cache: KVCache) -> Tree:
+        """root, d1 .. dk: d1 from feeding the unseen committed tokens and the root, d(j+1) from
+        feeding dj; dk is not fed (it may be rejected)."""
+        k = min(self.config["k"], cache.max_len - cache.length - 1)  # verify needs 1 + k slots
+        tokens = [torch.tensor([root], dtype=torch.long, device=self.engine.device)]  # each [1]
+        self._root_slot, feed = cache.length, torch.cat([self._unfed, tokens[0]])
+        for _ in range(max(0, k)):
+            logits = self._draft_forward(feed).float()  # [V]
+            feed = logits.argmax(-1, keepdim=True)  # [1] the next draft token, fed next
+            tokens.append(feed)
+            threshold = self.config["threshold"]
+            if threshold and self.engine.host(logits.softmax(-1).max()) < threshold:  # a read per draft token
+                break
+        self._fed = len(tokens) - 1
+        return Tree.chain(torch.cat(tokens))
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+        """Roll the draft cache back to the accepted prefix; what was committed but never fed
+        (the root when nothing was drafted, the last draft token when all were accepted) waits."""
+        if tree is None:
+            return
+        committed = len(path)  # root + accepted draft tokens
+        kept = min(committed, self._fed)
+        self.dcache.truncate(self._root_slot + kept)
+        self._unfed = tree.tokens[kept:committed]  # [0 or 1], on the device
