@@ -54,3 +54,14 @@ def test_run_with_lookahead_and_prompt_lookup_is_lossless(tiny_model_dir, tmp_pa
     assert manifest["method_configs"]["lookahead"]["options"]["window"] == 7
     records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     assert {r["method"]: r["lossless"] for r in records} == {"ar": None, "lookahead": True, "hf-prompt-lookup": True}
+
+
+def test_tune_pld_sweeps_k_through_the_runner(tiny_model_dir, tmp_path):
+    res = CliRunner().invoke(main, ["tune", "pld", "--model", str(tiny_model_dir), "--device", "cpu", "--k", "1,3",
+                                    "--num-prompts", "2", "--max-new-tokens", "8", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / f"{tiny_model_dir.name}-cpu.csv").open()))
+    assert [r["k"] for r in rows] == ["1", "3"] and all(float(r["lossless_rate"]) == 1.0 for r in rows)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["datasets"] == ["gsm8k-train", "xsum-train"] and "pld:k3" in manifest["methods"]
+    assert "best: k=" in res.output

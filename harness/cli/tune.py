@@ -72,6 +72,19 @@ def tune_lookahead_cmd(grid, **kw) -> None:
     click.echo(f"best: W={best['window']} N={best['ngram']} G={best['guess']}")
 
 
+@tune.command("pld")
+@click.option("--k", "ks", default="1,2,3,4,6,8,10", show_default=True, help="Draft lengths to try.")
+@sweep_options
+def tune_pld_cmd(ks, **kw) -> None:
+    """Prompt lookup decoding: ar and every draft length k (default out results/pld-sweep/)."""
+    try:
+        points = [{"k": int(k)} for k in ks.split(",") if k.strip()]
+    except ValueError:
+        fail(ValueError(f"--k {ks!r}: expected integers, e.g. 2,4,8"))
+    best = run_sweep("pld", points, kw, "pld-sweep")["best"]
+    click.echo(f"best: k={best['k']}")
+
+
 @tune.command("method")
 @click.argument("name")
 @click.option("--vary", "vary", multiple=True, required=True, metavar="KEY=V1,V2,...",
