@@ -56,9 +56,9 @@ class Option:
             else:
                 value = text
         except ValueError:
-            raise MethodError(f"option {self.name}: {text!r} is not a valid {self.kind}") from None
+            raise MethodError(f"{self.name}: {text!r} is not a valid {self.kind}") from None
         if self.choices is not None and value not in self.choices:
-            raise MethodError(f"option {self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+            raise MethodError(f"{self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
         return value
 
 
@@ -85,7 +85,10 @@ class Method:
             raise MethodError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
         out = {o.name: o.default for o in cls.options}
         for key, value in values.items():
-            out[key] = known[key].parse(value) if isinstance(value, str) else value
+            try:
+                out[key] = known[key].parse(value) if isinstance(value, str) else value
+            except MethodError as err:
+                raise MethodError(f"{cls.name}.{err}") from None  # e.g. "lookahead.window: 'x' is not a valid int"
         return out
 
     @classmethod
