@@ -64,6 +64,7 @@ class EagleHead(nn.Module):
     """fc over [embedding; feature] -> one Llama decoder layer without input norm -> features."""
 
     kind = "eagle"
+    storage_dtype = torch.float16  # a few million weights: half the bytes in the repository
     steps = 1  # trained teacher-forced, one feature ahead
 
     def __init__(self, engine: Engine, config: dict, loss: dict | None = None):

@@ -52,6 +52,7 @@ class ShallowDraft(nn.Module):
     LM around them, with the target's embeddings and LM head (not parameters of this module)."""
 
     kind = KIND
+    storage_dtype = torch.float16  # a few million weights: half the bytes in the repository
     steps = 1
 
     def __init__(self, target: nn.Module, layers: tuple[int, ...]):

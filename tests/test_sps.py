@@ -147,7 +147,9 @@ def test_shallow_draft_checkpoint_holds_its_own_tensors_and_loads_back(engine, t
     lm = method.draft.model
     assert lm.get_input_embeddings() is engine.model.get_input_embeddings()  # shared, not copied
     assert method.describe()["draft"]["layers"] == [0, 3]
-    torch.testing.assert_close(lm.model.layers[1].mlp.up_proj.weight, engine.model.model.layers[3].mlp.up_proj.weight)
+    stored = engine.model.model.layers[3].mlp.up_proj.weight.half().float()  # kept in fp16 (storage_dtype)
+    torch.testing.assert_close(lm.model.layers[1].mlp.up_proj.weight, stored)
+    assert all(v.dtype == torch.float16 for v in state.values())
 
 
 def test_foreign_or_mismatched_draft_checkpoints_are_refused(engine, tmp_path):

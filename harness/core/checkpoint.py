@@ -23,10 +23,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: Path, module: torch.nn.Module, sidecar: dict) -> None:
-    """Weights (fp32, on the CPU) as safetensors; the sidecar dict as JSON beside them."""
+    """Weights (on the CPU) as safetensors; the sidecar dict as JSON beside them. Stored in fp32,
+    or in the module's `storage_dtype` (a large drafter keeps the repository small enough to travel
+    to a GPU machine; loading casts back to the target's dtype)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu().float() for k, v in module.state_dict().items()}
+    dtype = getattr(module, "storage_dtype", torch.float32)
+    state = {k: v.detach().contiguous().cpu().to(dtype) for k, v in module.state_dict().items()}
     save_file(state, str(path))
     path.with_suffix(".json").write_text(json.dumps({**sidecar, "weights": path.name}, indent=2) + "\n")
 
