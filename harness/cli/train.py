@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from harness.cli.common import device_option, dtype_option
 from harness.core.modelload import DEFAULT_MODEL, load_model
 from harness.train.distill import CorpusConfig
 from harness.train.training import TrainConfig, train_and_save
@@ -22,7 +23,8 @@ def corpus_options(fn):
     """Options shared by every trained drafter (same data pipeline, same loop)."""
     opts = [
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        device_option,
+        dtype_option,
         click.option("--train-steps", type=int, default=TrainConfig.steps, show_default=True, help="Optimiser steps."),
         click.option("--batch", type=int, default=TrainConfig.batch, show_default=True, help="Sequences per step."),
         click.option("--positions", type=int, default=TrainConfig.positions, show_default=True, help="Drafted positions per sequence."),
@@ -60,7 +62,7 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
     """FIRP: K linear maps at intermediate layers (weights + JSON sidecar)."""
     from methods.firp import DEFAULT_LAYERS, PseudoChains
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     chosen = _ints(layers) if layers else DEFAULT_LAYERS.get(lm.key, _fallback_layers(lm.model.config.num_hidden_layers))
     if k is not None:
         chosen = chosen * k if len(chosen) == 1 else chosen
@@ -87,7 +89,7 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     """Medusa: residual heads on the last hidden state (weights + JSON sidecar)."""
     from methods.medusa import MedusaHeads
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     t0 = time.time()
     path = train_and_save(lm, lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head),
@@ -102,16 +104,17 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens decoded per prompt.")
 @click.option("--confirm", type=int, default=3, show_default=True, help="Best skip sets measured again at the end.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
+@dtype_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default="self-spec", show_default=True, help="Artifact name under methods/checkpoints/<model>/.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output JSON (default methods/checkpoints/<model>/<name>.json).")
-def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, seed, name, out) -> None:
+def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, dtype, seed, name, out) -> None:
     """Self-speculative decoding: search the sublayers the draft skips (writes <name>.json)."""
     from harness.train.skipsearch import SearchConfig, run_search
 
-    lm = load_model(model, device)
+    lm = load_model(model, device, dtype)
     cfg = SearchConfig(trials=trials, num_prompts=num_prompts, max_new_tokens=max_new_tokens, seed=seed,
                        confirm=confirm)
     path, record = run_search(lm, cfg, name, out)
@@ -153,7 +156,7 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
     from harness.bench.results import RESULTS_ROOT, write_json
     from harness.core.method import checkpoint_file
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     firp = checkpoint_file(lm.key, firp_name)
     asked = {**({"medusa": medusa_name} if medusa_name else {}), **{Path(n).stem: n for n in also}}
@@ -210,7 +213,7 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
     from harness.core.engine import Engine
     from harness.train.distill import corpus_summary, load_corpus
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     seqs = load_corpus(lm, corpus)
     t0 = time.time()
