@@ -1,0 +1,103 @@
+"""Checks of decoding on any device, shared by `doctor` and `gpu-check`: a method against the
+baseline's outputs (lossless, tau, tokens/s, host reads per step), transformers' generate()
+against the baseline, device synchronisations per step counted by torch itself on CUDA, and a
+diagnosis of a divergence: the baseline's top-1/top-2 logit margin where it happened, so that a
+greedy tie in a low-precision dtype is told apart from a bug.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from harness.bench.metrics import first_divergence
+from harness.core.decoding import Decoded, decode, synchronize
+from harness.core.engine import Engine, KVCache
+from harness.core.method import Method
+
+TIE_ULPS = 4  # a margin within this many units in the last place of the model dtype is a tie
+
+
+def eos_ids(model, tokenizer=None) -> set[int]:
+    """The model's end-of-sequence ids (generation config and tokenizer)."""
+    ids = model.generation_config.eos_token_id
+    out = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        out.add(tokenizer.eos_token_id)
+    return out
+
+
+@torch.inference_mode()
+def divergence(engine: Engine, prompt: list[int], ref: list[int], got: list[int]) -> dict | None:
+    """Where `got` leaves the baseline's `ref` and the baseline's logit margin there (fp32 of a
+    plain forward over prompt + ref[:i]); a margin within TIE_ULPS of the dtype's resolution at
+    that logit is called a tie. None when they agree."""
+    i = first_divergence(ref, got)
+    if i is None:
+        return None
+    seq = torch.tensor(prompt + ref[:i], device=engine.device)
+    hidden = engine.forward(seq, torch.arange(seq.numel(), device=engine.device), None, None)[0, -1]
+    top = engine.logits(hidden).float().topk(2).values.tolist()
+    ulp = torch.finfo(engine.dtype).eps * max(abs(top[0]), 1.0)
+    return {"index": i, "baseline": ref[i] if i < len(ref) else None, "got": got[i] if i < len(got) else None,
+            "margin": top[0] - top[1], "ulp": ulp, "tie": top[0] - top[1] <= TIE_ULPS * ulp}
+
+
+def timed(fn, device) -> tuple[Decoded, float]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def evaluate_method(method: Method, prompts: list[list[int]], refs: list[list[int]], max_new: int,
+                    eos: set[int], cache: KVCache) -> dict:
+    """Decode every prompt after one short warm-up decode (kernels, graph capture): lossless
+    against refs (first divergence diagnosed), tau, tokens/s, host reads per decoding step."""
+    engine = method.engine
+    decode(method, prompts[0], min(8, max_new), eos, cache)
+    tokens = forwards = reads = 0
+    seconds, first = 0.0, None
+    for prompt, ref in zip(prompts, refs):
+        out, took = timed(lambda: decode(method, prompt, max_new, eos, cache), engine.device)
+        seconds += took
+        tokens, forwards, reads = tokens + len(out.output_ids), forwards + len(out.accept_lengths), reads + out.host_reads
+        if first is None:
+            first = divergence(engine, prompt, ref, out.output_ids)
+    steps = forwards - len(prompts)  # decoding steps: forwards after the prefill
+    return {"lossless": first is None, "divergence": first, "tau": tokens / forwards,
+            "tokens_per_s": tokens / seconds, "host_reads_per_step": (reads - len(prompts)) / max(1, steps)}
+
+
+def compare_generate(peer, prompts: list[list[int]], refs: list[list[int]], max_new: int, eos: set[int]) -> dict:
+    """transformers' generate() (the hf-generate peer) against the baseline's outputs, timed."""
+    engine = peer.engine
+    peer.generate(prompts[0], min(8, max_new), eos)
+    tokens, seconds, first, equal = 0, 0.0, None, []
+    for prompt, ref in zip(prompts, refs):
+        out, took = timed(lambda: peer.generate(prompt, max_new, eos), engine.device)
+        tokens, seconds = tokens + len(out.output_ids), seconds + took
+        equal.append(out.output_ids == ref)
+        if first is None:
+            first = divergence(engine, prompt, ref, out.output_ids)
+    return {"equal": equal, "divergence": first, "tokens_per_s": tokens / seconds}
+
+
+def cuda_syncs_per_step(method: Method, prompt: list[int], max_new: int, eos: set[int], cache: KVCache) -> float | None:
+    """Synchronising CUDA operations per decoding step as torch reports them (sync debug mode:
+    .item(), nonzero, blocking copies either way), prefill included; None off CUDA."""
+    device = method.engine.device
+    if torch.device(device).type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = decode(method, prompt, max_new, eos, cache)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return syncs / max(1, len(out.accept_lengths) - 1)
