@@ -3,13 +3,16 @@ fail what must fail, and a reduced rehearsal runs end to end (what `make gpu-che
 runs with larger sizes)."""
 
 import json
+import warnings
 from dataclasses import replace
 
 from click.testing import CliRunner
 
+from harness.analysis.decodecheck import warnings_per_step
 from harness.analysis.gpucheck import CPU_PLAN, Sections, run_check
 from harness.analysis.gpucheck_report import checks, write
 from harness.cli import main
+from methods.autoregressive import Autoregressive
 
 
 def test_sections_record_errors_and_skip_past_the_budget():
@@ -66,3 +69,23 @@ def test_reduced_cpu_rehearsal_end_to_end(tmp_path):
 def test_cli_refuses_unknown_shapes():
     res = CliRunner().invoke(main, ["gpu-check", "--device", "cpu", "--shapes", "tiny-gqa,huge"])
     assert res.exit_code == 2 and "two of" in res.output
+
+
+class Warns(Autoregressive):
+    """Stands for a GPU: warns like torch's sync debug mode in the prefill and twice per step."""
+
+    def prefill(self, ids, cache):
+        warnings.warn("called a synchronizing CUDA operation (prefill)")
+        return super().prefill(ids, cache)
+
+    def verify(self, tree, cache):
+        warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("an unrelated warning")
+        return super().verify(tree, cache)
+
+
+def test_syncs_are_counted_per_step_without_the_prefill(engine):
+    method = Warns(engine, "tiny")
+    assert warnings_per_step(method, [5, 6, 7], 20, set(), engine.new_cache(64)) == 2.0
+    assert "propose" not in vars(method)  # the instance is left as it was

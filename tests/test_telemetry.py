@@ -55,6 +55,15 @@ class FakeNVML:
     def nvmlDeviceGetEnforcedPowerLimit(self, handle):
         return 700_000
 
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"board-{i}"
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-0000000{handle[-1]}-aaaa-bbbb-cccc-dddddddddddd"
+
 
 def test_the_nvml_device_is_found_by_pci_bus_id_not_ordinal():
     nvml = FakeNVML()
@@ -62,6 +71,13 @@ def test_the_nvml_device_is_found_by_pci_bus_id_not_ordinal():
     assert nvml_handle("cuda:0", nvml, H200) == "board-1"
     assert nvml_handle("cpu", nvml, H200) is None
     assert nvml_handle("cuda:0", nvml, SimpleNamespace(pci_domain_id=0, pci_bus_id=0x99, pci_device_id=0)) is None
+
+
+def test_without_pci_ids_in_torch_the_uuid_decides():
+    props = SimpleNamespace(uuid="00000001-aaaa-bbbb-cccc-dddddddddddd", major=9, minor=0)
+    assert pci_bus_id(props) is None
+    assert nvml_handle("cuda:0", FakeNVML(), props) == "board-1"
+    assert nvml_handle("cuda:0", FakeNVML(), SimpleNamespace(uuid="ffffffff-0000", major=9, minor=0)) is None
 
 
 def test_telemetry_info_for_the_manifest():

@@ -17,7 +17,7 @@ from harness.core.decoding import Decoded, decode, synchronize
 from harness.core.engine import Engine, KVCache
 from harness.core.method import Method
 
-TIE_ULPS = 4  # a margin within this many units in the last place of the model dtype is a tie
+TIE_ULPS = 8  # a near-tie: the method's token is the baseline's runner-up within this many ulps of the dtype
 
 
 def eos_ids(model, tokenizer=None) -> set[int]:
@@ -31,18 +31,22 @@ def eos_ids(model, tokenizer=None) -> set[int]:
 
 @torch.inference_mode()
 def divergence(engine: Engine, prompt: list[int], ref: list[int], got: list[int]) -> dict | None:
-    """Where `got` leaves the baseline's `ref` and the baseline's logit margin there (fp32 of a
-    plain forward over prompt + ref[:i]); a margin within TIE_ULPS of the dtype's resolution at
-    that logit is called a tie. None when they agree."""
+    """Where `got` leaves the baseline's `ref`, and the baseline's logits there (fp32 of a plain
+    forward over prompt + ref[:i]): top-1/top-2 margin, the rank of the method's token. A tie is
+    a method token that is the baseline's runner-up within TIE_ULPS units in the last place of the
+    model dtype at that logit: rounding, not a bug. None when they agree."""
     i = first_divergence(ref, got)
     if i is None:
         return None
     seq = torch.tensor(prompt + ref[:i], device=engine.device)
     hidden = engine.forward(seq, torch.arange(seq.numel(), device=engine.device), None, None)[0, -1]
-    top = engine.logits(hidden).float().topk(2).values.tolist()
+    logits = engine.logits(hidden).float()
+    top = logits.topk(2).values.tolist()
+    token = got[i] if i < len(got) else None
+    rank = None if token is None else int((logits > logits[token]).sum())  # 0 = the baseline's own choice
     ulp = torch.finfo(engine.dtype).eps * max(abs(top[0]), 1.0)
-    return {"index": i, "baseline": ref[i] if i < len(ref) else None, "got": got[i] if i < len(got) else None,
-            "margin": top[0] - top[1], "ulp": ulp, "tie": top[0] - top[1] <= TIE_ULPS * ulp}
+    return {"index": i, "baseline": ref[i] if i < len(ref) else None, "got": token, "got_rank": rank,
+            "margin": top[0] - top[1], "ulp": ulp, "tie": rank == 1 and top[0] - top[1] <= TIE_ULPS * ulp}
 
 
 def timed(fn, device) -> tuple[Decoded, float]:
@@ -87,17 +91,35 @@ def compare_generate(peer, prompts: list[list[int]], refs: list[list[int]], max_
 
 
 def cuda_syncs_per_step(method: Method, prompt: list[int], max_new: int, eos: set[int], cache: KVCache) -> float | None:
-    """Synchronising CUDA operations per decoding step as torch reports them (sync debug mode:
-    .item(), nonzero, blocking copies either way), prefill included; None off CUDA."""
-    device = method.engine.device
-    if torch.device(device).type != "cuda":
+    """Synchronising CUDA operations per decoding step as torch reports them in its sync debug
+    mode (.item(), nonzero, blocking copies either way, each a warning); None off CUDA."""
+    if torch.device(method.engine.device).type != "cuda":
         return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        return warnings_per_step(method, prompt, max_new, eos, cache)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def warnings_per_step(method: Method, prompt: list[int], max_new: int, eos: set[int], cache: KVCache,
+                      marker: str = "synchroniz") -> float:
+    """Warnings containing `marker` per decoding step of one decode, counted from the first
+    propose on, so that the prefill's (prompt upload, first token) are left out."""
+    first: list[int] = []
+    propose = method.propose  # wrapped on this instance, for this decode only
+
+    def marked(root, c):
+        if not first:
+            first.append(sum(marker in str(w.message) for w in caught))
+        return propose(root, c)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        method.propose = marked
         try:
             out = decode(method, prompt, max_new, eos, cache)
         finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
-    return syncs / max(1, len(out.accept_lengths) - 1)
+            del method.propose
+    counted = sum(marker in str(w.message) for w in caught) - (first[0] if first else 0)
+    return counted / max(1, len(out.accept_lengths) - 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ONE_READ = ("ar", "ar-graph", "firp", "medusa")  # methods held to one device read per decoding step
-SYNC_SLACK = 1.1  # syncs per step allowed for them: 1, plus the prefill's few spread over the turn
+SYNC_SLACK = 1.0  # CUDA synchronisations per decoding step allowed for them (the prefill's are not counted)
 
 
 def default_out(result: dict) -> Path:
@@ -51,13 +51,16 @@ def decoding_checks(name: str, res: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def costmodel_checks(name: str, res: dict) -> list[tuple[str, str, str]]:
+def costmodel_checks(name: str, res: dict, cuda: bool = True) -> list[tuple[str, str, str]]:
+    """c(1) against the time to read every weight once at the measured copy bandwidth (on the CPU
+    rehearsal's tiny shapes the weights sit in cache, so there it is reported, not judged)."""
     ratio = dict(zip(res["n"], res["ratio"]))
     detail = (f"c(1) {1000 * res['seconds'][0]:.2f} ms vs bound {1000 * res['bound_seconds']:.2f} ms "
               f"({res['weight_bytes'] / 1e9:.2f} GB at {res['copy_bandwidth_gb_s']:.0f} GB/s): "
               f"{res['c1_over_bound']:.2f}x the bound; c(n)/c(1): "
               + ", ".join(f"n={n} {ratio[n]:.2f}" for n in (8, 16, 32, 64) if n in ratio))
-    return [(f"{name}: c(1) not below the bandwidth bound", "pass" if res["c1_over_bound"] >= 0.8 else "fail", detail)]
+    status = ("pass" if res["c1_over_bound"] >= 0.8 else "fail") if cuda else "n/a"
+    return [(f"{name}: c(1) not below the bandwidth bound", status, detail)]
 
 
 def telemetry_checks(name: str, res: dict) -> list[tuple[str, str, str]]:
@@ -82,7 +85,7 @@ def training_checks(name: str, res: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def section_checks(name: str, section: dict) -> list[tuple[str, str, str]]:
+def section_checks(name: str, section: dict, cuda: bool) -> list[tuple[str, str, str]]:
     if "skipped" in section:
         return [(name, "skipped", section["skipped"])]
     if "error" in section:
@@ -96,12 +99,15 @@ def section_checks(name: str, section: dict) -> list[tuple[str, str, str]]:
         return [(name, "skipped", res["skipped"])]
     if kind in ("decoding", "embedded"):
         return decoding_checks(name, res)
-    handlers = {"costmodel": costmodel_checks, "telemetry": telemetry_checks, "training": training_checks}
+    if kind == "costmodel":
+        return costmodel_checks(name, res, cuda)
+    handlers = {"telemetry": telemetry_checks, "training": training_checks}
     return handlers[kind](name, res) if kind in handlers else []
 
 
 def checks(result: dict) -> list[tuple[str, str, str]]:
-    return [c for name, sec in result["sections"].items() for c in section_checks(name, sec)]
+    cuda = result["device"].startswith("cuda")
+    return [c for name, sec in result["sections"].items() for c in section_checks(name, sec, cuda)]
 
 
 def markdown(result: dict, rows: list[tuple[str, str, str]]) -> str:

@@ -22,6 +22,10 @@ import psutil
 import torch
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def load_nvml():
     """pynvml, initialised, or None when there is no NVIDIA driver (or no nvidia-ml-py)."""
     try:
@@ -33,14 +37,27 @@ def load_nvml():
         return None
 
 
-def pci_bus_id(props) -> str:
+def pci_bus_id(props) -> str | None:
     """NVML's form of a device's PCI address (domain:bus:device.function) from torch's device
-    properties (torch.cuda.get_device_properties)."""
+    properties (torch.cuda.get_device_properties); None where torch does not expose it."""
+    if not hasattr(props, "pci_bus_id"):
+        return None
     return f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
 
 
+def _by_uuid(nvml, props):
+    """The NVML device whose UUID is torch's (the fallback where torch has no PCI ids)."""
+    want = str(getattr(props, "uuid", "")).lower().removeprefix("gpu-")
+    for i in range(nvml.nvmlDeviceGetCount() if want else 0):
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
+        if _text(nvml.nvmlDeviceGetUUID(handle)).lower().removeprefix("gpu-") == want:
+            return handle
+    return None
+
+
 def nvml_handle(device: str, nvml=None, props=None):
-    """The NVML handle of the GPU torch calls `device` ('cuda:N'), by PCI bus id; None if none."""
+    """The NVML handle of the GPU torch calls `device` ('cuda:N'), by PCI bus id (by UUID where
+    torch lacks PCI ids); None if there is none."""
     if not str(device).startswith("cuda"):
         return None
     nvml = nvml or load_nvml()
@@ -48,7 +65,8 @@ def nvml_handle(device: str, nvml=None, props=None):
         return None
     try:
         props = props or torch.cuda.get_device_properties(torch.device(device))
-        return nvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(props))
+        bus = pci_bus_id(props)
+        return nvml.nvmlDeviceGetHandleByPciBusId(bus) if bus else _by_uuid(nvml, props)
     except Exception:
         return None
 
@@ -56,10 +74,6 @@ def nvml_handle(device: str, nvml=None, props=None):
 def telemetry_kind(device: str) -> str:
     """'nvml' when the GPU behind `device` can be read, else 'cpu'."""
     return "nvml" if nvml_handle(device) is not None else "cpu"
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def power_is_averaged(capability: tuple[int, int]) -> bool:
