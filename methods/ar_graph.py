@@ -37,6 +37,8 @@ class ARGraph(Method):
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
         """tree: the pending token alone -> hidden [1, d], written to slot cache.length."""
+        if cache.length >= cache.max_len:  # checked here: on the device an out-of-range slot would be a device assert
+            raise RuntimeError(f"KV cache overflow: {cache.length + 1} positions > capacity {cache.max_len}")
         hidden = self.step_for(cache)(tree.tokens, cache.length)
         self.engine.count(1)
         return hidden

@@ -54,3 +54,8 @@ def test_lossless_on_real_text(real):
         cache = engine.new_cache(len(prompt) + 72)  # the static step attends to every slot: no more than needed
         ref = decode(ar, prompt, 64, eos, cache).output_ids
         assert decode(graph, prompt, 64, eos, cache).output_ids == ref, name
+
+
+def test_a_full_cache_is_refused_on_the_host(engine):
+    with pytest.raises(RuntimeError, match="KV cache overflow"):
+        decode(ARGraph(engine, "tiny"), [5, 6, 7], 20, set(), engine.new_cache(8))
