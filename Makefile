@@ -12,7 +12,17 @@ CI_REF ?= results/reference/ci-small
 CI_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 2 --max-new-tokens 32 --no-telemetry
 CI_MARGIN ?= 0.5
 
-.PHONY: setup bench test test-fast ci-regress ci-reference clean
+# gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip
+# install: PYTHONPATH=.), needing torch, transformers>=5.17, click, pandas, tqdm, safetensors,
+# nvidia-ml-py, psutil, tabulate, matplotlib, pytest (wheels carried along where there is no network).
+# Writes results/gpu/<gpu-name>-<date>/ (gpu_check.json, summary.md) in under 8 minutes on one H200:
+#   make gpu-check PYTHON=/path/to/python3
+# `make gpu-check DEVICE=cpu` rehearses the same command with tiny shapes (build/gpu-check/cpu-<date>/).
+# The embedded model is included when its converted directory is under $SPEC_HARNESS_CACHE/models/.
+DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
+
+.PHONY: setup bench test test-fast ci-regress ci-reference gpu-check clean
 
 setup: $(VENV)/.ready
 
@@ -40,6 +50,9 @@ ci-regress: setup
 
 ci-reference: setup   # regenerate the committed CI reference (after a deliberate change)
 	$(BIN)/spec-harness run $(CI_ARGS) --out $(CI_REF) --overwrite
+
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m harness gpu-check --device $(DEVICE) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,6 +6,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "ar": "methods.autoregressive:Autoregressive",
+    "ar-graph": "methods.ar_graph:ARGraph",
     "firp": "methods.firp:FIRP",
     "medusa": "methods.medusa:Medusa",
     "eagle": "methods.eagle:Eagle",

@@ -81,11 +81,16 @@ class PseudoChains(nn.Module):
                         src = real_at(layer, h)
                     else:  # the previous step's block: the last m rows so far
                         src = blocks[-1] if blocks else h[:, -m:]
-                    blocks.append(self.proj[i](src))
+                    blocks.append(self.project(i, src))
                 return torch.cat(blocks, dim=1)
             return insert
 
         return {layer: make(layer, idx) for layer, idx in by_layer.items()}
+
+    def project(self, i: int, src: torch.Tensor) -> torch.Tensor:
+        """W_i src in the module's dtype (float32 while training), returned in the model's."""
+        lin = self.proj[i]
+        return lin(src.to(lin.weight.dtype)).to(src.dtype)
 
     def chain_mask(self, real_vis: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Rows of the pseudo blocks. real_vis: [..., m, R] what each hung node sees among R
@@ -103,19 +108,19 @@ class PseudoChains(nn.Module):
     def loss(self, engine: Engine, batch: Batch):
         """KL to the frozen model at the same future position, summed over steps; every hung
         position of every sequence in one pass (teacher rows cached, pseudo rows trained)."""
-        K, (B, T), m = self.steps, batch.ids.shape, batch.hang.shape[1]
+        K, (B, T), m, dev = self.steps, batch.ids.shape, batch.hang.shape[1], batch.ids.device
         capture = self.layers if self.source == "last-real" else self.layers[:1]
         tp = teacher_pass(engine, batch.ids, capture)
-        offsets = torch.tensor(self.targets)[None, :, None]  # pseudo i stands at t + i
+        offsets = torch.tensor(self.targets, device=dev)[None, :, None]  # pseudo i stands at t + i
         target = batch.hang[:, None, :] + offsets  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         with torch.no_grad():
             teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, K * m)))
-        real_vis = torch.arange(T)[None, None, :] <= batch.hang[:, :, None]  # [B, m, T]
+        real_vis = torch.arange(T, device=dev)[None, None, :] <= batch.hang[:, :, None]  # [B, m, T]
         mask = self.chain_mask(real_vis)[:, None]  # [B, 1, K*m, T + K*m]
         positions = (batch.hang[:, None, :] + offsets).view(B, K * m)
         ctx = engine.context(positions, None, PrefixKV(tp.kv), start=T, full_mask=mask)
-        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype)
+        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=dev)
         real_at = lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang)  # noqa: E731
         h = engine.run_layers(h, ctx, self.layers[0], inserts=self.inserts(real_at, m))
         return step_losses(teacher.view(B, K, m, -1), engine.logits(h).view(B, K, m, -1), ok)

@@ -103,8 +103,8 @@ def window_layout(levels: int, columns: int, device: torch.device | str) -> tupl
     """Offsets from the root [R] and visibility among the window rows [R, R] (row r may see s)
     for `levels` levels over `columns` columns, rows ordered as Window.tokens()."""
     level = [0] * (columns - 1) + [lv for lv in range(1, levels) for _ in range(columns)]
-    level = torch.tensor(level, dtype=torch.long)  # [R]
-    col = torch.tensor(list(range(1, columns)) + list(range(columns)) * (levels - 1), dtype=torch.long)  # [R]
+    level = torch.tensor(level, dtype=torch.long, device="cpu")  # [R], built on the host once per shape
+    col = torch.tensor(list(range(1, columns)) + list(range(columns)) * (levels - 1), dtype=torch.long, device="cpu")  # [R]
     earlier_base = (level[None, :] == 0) & (col[None, :] <= col[:, None])
     own_column = (level[None, :] >= 1) & (level[None, :] <= level[:, None]) & (col[None, :] == col[:, None])
     return (level + col).to(device), (earlier_base | own_column).to(device)

@@ -65,13 +65,16 @@ class MedusaHeads(nn.Module):
         return {"heads": self.steps, "separate_lm_head": self.separate, "layer": self.layer, **deeper}
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
-        """normed: [..., d] final hidden after the model's norm -> logits [K, ..., V]"""
+        """normed: [..., d] final hidden after the model's norm -> logits [K, ..., V]. The blocks
+        run in the module's dtype (float32 while training), the shared LM head in the model's."""
+        normed = normed.to(self.blocks[0].weight.dtype)
+        shared = self._shared[0]
         out = []
         for k in range(self.heads):
             x = normed
             for block in self.blocks[k * self.layers:(k + 1) * self.layers]:
                 x = x + nn.functional.silu(block(x))
-            out.append(self.lm_heads[k](x) if self.separate else self._shared[0](x))
+            out.append(self.lm_heads[k](x) if self.separate else shared(x.to(shared.weight.dtype)))
         return torch.stack(out)
 
     def loss(self, engine: Engine, batch: Batch):
@@ -80,7 +83,7 @@ class MedusaHeads(nn.Module):
         K, (B, T) = self.steps, batch.ids.shape
         tp = teacher_pass(engine, batch.ids, () if self.layer is None else (self.layer,))
         source = tp.final if self.layer is None else tp.hidden_at[self.layer]
-        target = batch.hang[:, None, :] + torch.arange(1, K + 1)[None, :, None]  # [B, K, m]
+        target = batch.hang[:, None, :] + torch.arange(1, K + 1, device=batch.ids.device)[None, :, None]  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         with torch.no_grad():
             teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, -1))).view(*target.shape, -1)

@@ -174,7 +174,7 @@ class SelfSpeculative(Method):
         """One draft-model forward of token [1, 1] at position/slot `slot` -> logits [V]. Not a
         target forward: it bypasses engine.forward and its counters."""
         eng = self.engine
-        ctx = eng.context(torch.tensor([slot]), None, cache, start=slot)
+        ctx = eng.context(torch.full((1,), slot, device=eng.device), None, cache, start=slot)  # no blocking copy
         h = eng.run_layers(eng.embed(token), ctx, skip_attn=self.skip.attn, skip_mlp=self.skip.mlp)  # [1, 1, d]
         return eng.logits(h[0, -1])
 

@@ -143,12 +143,12 @@ def test_divergence_is_a_tie_or_a_mismatch(tiny, engine):
     unused = next(t for t in range(3, 97) if t not in prompt + ref)
     emb = tiny.get_input_embeddings().weight
     emb[unused] = emb[ref[at]]  # tied LM head: token `unused` now scores exactly like the baseline's token
-    tie = diagnose(engine, "float32", prompt, ref, ref[:at] + [unused], at)
+    tie = diagnose(engine, prompt, ref, ref[:at] + [unused], at)
     assert tie["kind"] == "tie" and tie["gap"] == pytest.approx(0.0, abs=1e-5)
     logits = engine.logits(engine.forward(torch.tensor(prompt + ref[:at]), torch.arange(len(prompt) + at), None,
                                           engine.new_cache(64))[0, -1])
     worst = int(logits.argmin())
-    bad = diagnose(engine, "float32", prompt, ref, ref[:at] + [worst], at)
+    bad = diagnose(engine, prompt, ref, ref[:at] + [worst], at)
     assert bad["kind"] == "mismatch" and bad["gap"] > 1.0 and bad["baseline_top2"][0] in (ref[at], unused)
 
 

@@ -44,14 +44,14 @@ def layer_probe(engine: Engine, seqs, layers: list[int], cfg: TrainConfig) -> di
     """Independent one-step chains at every layer, trained together (they never see each other:
     parallel mask, real source, all targeting t + 1); held-out top-1..5 per layer."""
     probe = PseudoChains(engine.hidden_size, tuple(sorted(layers)), serial=False, source="last-real",
-                         targets=(1,) * len(layers)).to(engine.device, engine.dtype)
+                         targets=(1,) * len(layers)).to(engine.device)  # float32, as every trained drafter
     record = train(probe, engine, seqs, cfg)
     return {str(layer): topk for layer, topk in zip(sorted(layers), record["heldout_topk"])}
 
 
 def early_exit_topk(engine: Engine, seqs, layer: int, steps: int, cfg: TrainConfig) -> list[list[float]]:
     """Heads reading the hidden state entering `layer` (residual block + the model's LM head)."""
-    heads = MedusaHeads(engine.hidden_size, steps, engine.lm_head, layer=layer).to(engine.device, engine.dtype)
+    heads = MedusaHeads(engine.hidden_size, steps, engine.lm_head, layer=layer).to(engine.device)
     return train(heads, engine, seqs, cfg)["heldout_topk"]
 
 
@@ -59,20 +59,20 @@ def early_exit_topk(engine: Engine, seqs, layer: int, steps: int, cfg: TrainConf
 def cosine_by_layer(engine: Engine, chains: PseudoChains, held, cfg: TrainConfig) -> dict[str, dict[str, float]]:
     """Mean cosine between pseudo i (hung at t) and the real hidden state of position t + i,
     after every layer from the insertion on. Returns {"step i": {layer: cos}}."""
-    K, first = chains.steps, chains.layers[0]
-    sums = torch.zeros(K, engine.num_layers + 1)
-    counts = torch.zeros(K)
+    K, first, dev = chains.steps, chains.layers[0], engine.device
+    sums = torch.zeros(K, engine.num_layers + 1, device=dev)
+    counts = torch.zeros(K, device=dev)
     for i in range(0, len(held), cfg.batch):
-        batch = make_batch(held[i:i + cfg.batch], cfg, random.Random(cfg.seed))
+        batch = make_batch(held[i:i + cfg.batch], cfg, random.Random(cfg.seed), dev)
         (B, T), m = batch.ids.shape, batch.hang.shape[1]
         tp = teacher_pass(engine, batch.ids, tuple(range(first, engine.num_layers)))
         reals = {**tp.hidden_at, engine.num_layers: tp.final}
-        target = (batch.hang[:, None, :] + torch.tensor(chains.targets)[None, :, None])  # [B, K, m]
+        target = (batch.hang[:, None, :] + torch.tensor(chains.targets, device=dev)[None, :, None])  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
-        mask = chains.chain_mask(torch.arange(T)[None, None, :] <= batch.hang[:, :, None])[:, None]
+        mask = chains.chain_mask(torch.arange(T, device=dev)[None, None, :] <= batch.hang[:, :, None])[:, None]
         ctx = engine.context(target.view(B, K * m), None, PrefixKV(tp.kv), start=T, full_mask=mask)
         inserts = chains.inserts(lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang), m)
-        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=engine.device)
+        h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=dev)
         for layer in range(first, engine.num_layers):
             h = engine.run_layers(h, ctx, layer, layer + 1, inserts=inserts)
             for step in range(K):

@@ -13,7 +13,7 @@ import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, select
 from harness.core.method import MethodError
-from harness.core.modelload import load_config
+from harness.core.modelload import check_supported, load_config
 
 CACHE_SLACK = 256  # KV slots past prompt + budget for draft rows
 CONTROL = f"{registry.BASELINE}:control"  # the A/A control: the baseline decoded a second time
@@ -104,7 +104,9 @@ def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
 
 
 def model_context(model: str) -> int:
+    """The model's context length, from its config (an unsupported architecture is refused here)."""
     config = load_config(model)
+    check_supported(config)
     return int(getattr(config, "max_position_embeddings", None) or 1 << 30)
 
 

@@ -25,7 +25,7 @@ from harness.bench.divergence import diagnose
 from harness.bench.plan import CACHE_SLACK, Plan, RunConfig, validate
 from harness.bench.records import make_record, skipped_record
 from harness.bench.results import RecordWriter, base_manifest, load_run, write_json
-from harness.bench.telemetry import Telemetry, telemetry_kind
+from harness.bench.telemetry import Telemetry, telemetry_info, telemetry_kind
 from harness.core.decoding import Decoded, decode, synchronize
 from harness.core.engine import Engine, KVCache
 from harness.core.method import Method
@@ -81,7 +81,9 @@ class Runner:
                     "samples": samples,
                     "warmup_items": {d: (s.sample_id if s else None) for d, s in self.plan.warmup.items()},
                     "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,
-                    "data_source": self.cfg.data_source, "telemetry": self.kind, "eos_ids": sorted(self.eos),
+                    "data_source": self.cfg.data_source, "telemetry": self.kind,
+                    "telemetry_info": telemetry_info(self.lm.device) if self.kind != "off" else None,
+                    "eos_ids": sorted(self.eos),
                     "baseline": registry.BASELINE, "control": self.cfg.control,
                     "order": "seeded permutation per sample (record field `order`)",
                     "warmup": self.cfg.warmup})
@@ -192,7 +194,7 @@ class Runner:
             at = metrics.first_divergence(rec["output_ids"], reference)
             rec["lossless"], rec["diverge_at"] = at is None, at
             if at is not None:
-                rec["divergence"] = diagnose(self.engine, self.lm.dtype, prompt, reference, rec["output_ids"], at)
+                rec["divergence"] = diagnose(self.engine, prompt, reference, rec["output_ids"], at)
 
 
 def summary_of(out: Path, by: tuple[str, ...] = ()):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import USER_ERRORS, fail
+from harness.cli.common import USER_ERRORS, device_option, dtype_option, fail
 from harness.core.modelload import DEFAULT_MODEL
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -41,8 +41,8 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
 
 @click.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float32 on CPU, float16 on CUDA.")
+@device_option
+@dtype_option
 @click.option("--prefix", type=int, default=256, show_default=True, help="Committed positions in the KV cache before the timed rows.")
 @click.option("--repeats", type=int, default=7, show_default=True, help="Timed forwards per n (median kept), after 2 warm-up rounds.")
 @click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1,2,3,4,6,8,12,16,24,32,48,64).")

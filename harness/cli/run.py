@@ -10,7 +10,14 @@ import click
 import methods as registry
 from harness.bench.data import DATASETS
 from harness.bench.results import ResultsError
-from harness.cli.common import USER_ERRORS, csv, fail, parse_method_args
+from harness.cli.common import (
+    USER_ERRORS,
+    csv,
+    device_option,
+    dtype_option,
+    fail,
+    parse_method_args,
+)
 from harness.core.modelload import DEFAULT_MODEL, ModelLoadError, model_key
 
 
@@ -49,8 +56,8 @@ def setup() -> None:
 @click.option("--num-samples", type=int, default=10, show_default=True, help="N items per dataset: a deterministic subset, stratified by category where the data has categories (>= 1).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float32 on CPU, float16 on CUDA.")
+@device_option
+@dtype_option
 @click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE", help="Method option (repeatable), e.g. firp.tree=chain.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: results/runs/<timestamp>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from harness.cli.common import device_option, dtype_option
 from harness.core.modelload import DEFAULT_MODEL, load_model
 from harness.train.distill import CorpusConfig
 from harness.train.training import TrainConfig, train_and_save
@@ -23,7 +24,8 @@ def corpus_options(fn):
     """Options shared by every trained drafter (same data pipeline, same loop)."""
     opts = [
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        device_option,
+        dtype_option,
         click.option("--train-steps", type=int, default=TrainConfig.steps, show_default=True, help="Optimiser steps."),
         click.option("--batch", type=int, default=TrainConfig.batch, show_default=True, help="Sequences per step."),
         click.option("--positions", type=int, default=TrainConfig.positions, show_default=True, help="Drafted positions per sequence."),
@@ -61,7 +63,7 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
     """FIRP: K linear maps at intermediate layers (weights + JSON sidecar)."""
     from methods.firp import DEFAULT_LAYERS, PseudoChains
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     chosen = _ints(layers) if layers else DEFAULT_LAYERS.get(lm.key, _fallback_layers(lm.model.config.num_hidden_layers))
     if k is not None:
         chosen = chosen * k if len(chosen) == 1 else chosen
@@ -92,7 +94,7 @@ def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     """Medusa: residual heads on the last hidden state (weights + JSON sidecar)."""
     from methods.medusa import MedusaHeads
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     _train_drafter(lm, kw, "medusa", lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head))
 
 
@@ -108,7 +110,7 @@ def train_eagle_cmd(feature_weight, token_weight, noise, **kw) -> None:
     """EAGLE: a one-layer head over the target's features and next tokens (weights + JSON sidecar)."""
     from methods.eagle import EagleHead, target_shapes
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     loss = {"feature": feature_weight, "token": token_weight, "noise": noise}
     _train_drafter(lm, kw, "eagle", lambda e: EagleHead(e, target_shapes(e), loss))
 
@@ -125,7 +127,7 @@ def train_sps_draft_cmd(n_layers, pick, from_layers, **kw) -> None:
     distilled on the training-split corpus (weights of its own layers + JSON sidecar)."""
     from methods.sps_draft import ShallowDraft, pick_layers
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     try:
         chosen = _ints(from_layers) if from_layers else pick_layers(lm.model.config.num_hidden_layers, n_layers, pick)
         ShallowDraft(lm.model, chosen)  # fails here on layers the target lacks
@@ -145,16 +147,17 @@ def train_sps_draft_cmd(n_layers, pick, from_layers, **kw) -> None:
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens decoded per prompt.")
 @click.option("--confirm", type=int, default=3, show_default=True, help="Best skip sets measured again at the end.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
+@dtype_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default="self-spec", show_default=True, help="Artifact name under methods/checkpoints/<model>/.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output JSON (default methods/checkpoints/<model>/<name>.json).")
-def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, seed, name, out) -> None:
+def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, dtype, seed, name, out) -> None:
     """Self-speculative decoding: search the sublayers the draft skips (writes <name>.json)."""
     from harness.train.skipsearch import SearchConfig, run_search
 
-    lm = load_model(model, device)
+    lm = load_model(model, device, dtype)
     cfg = SearchConfig(trials=trials, num_prompts=num_prompts, max_new_tokens=max_new_tokens, seed=seed,
                        confirm=confirm)
     path, record = run_search(lm, cfg, name, out)
@@ -196,7 +199,7 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
     from harness.bench.results import RESULTS_ROOT, write_json
     from harness.core.method import checkpoint_file
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     firp = checkpoint_file(lm.key, firp_name)
     asked = {**({"medusa": medusa_name} if medusa_name else {}), **{Path(n).stem: n for n in also}}
@@ -253,7 +256,7 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
     from harness.core.engine import Engine
     from harness.train.distill import corpus_summary, load_corpus
 
-    lm = load_model(kw["model"], kw["device"])
+    lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     seqs = load_corpus(lm, corpus)
     t0 = time.time()
@@ -274,9 +277,10 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--k", type=int, default=4, show_default=True, help="sps.k: draft tokens per step.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output JSON (default results/sps-draft-size/<model>-<device>.json).")
+              help="Output JSON (default results/sps-draft-size/<model>-<device>.json); the sweep's run "
+                   "directory beside it (same name without .json).")
 def analyze_sps_draft_cmd(drafts, num_prompts, max_new_tokens, k, model, device, out) -> None:
     """The SpS draft size: per draft, its forward cost against the target's and the acceptance,
     tau and paired speedup of `sps` with it on the tuning sets (run it on an idle machine)."""
@@ -286,18 +290,18 @@ def analyze_sps_draft_cmd(drafts, num_prompts, max_new_tokens, k, model, device,
 
     labels = csv(drafts)
     try:
-        lm = load_model(model, device)
-        result = measure_drafts(lm, {label: label for label in labels}, SizeConfig(num_prompts, max_new_tokens, k))
-    except USER_ERRORS as err:
+        result = measure_drafts(model, device, None, labels, SizeConfig(num_prompts, max_new_tokens, k),
+                                out.with_suffix("") if out else None)
+    except (*USER_ERRORS, ValueError) as err:
         fail(err)
-    out = out or RESULTS_DIR / f"{lm.key}-{lm.device}.json"
+    out = out or RESULTS_DIR / f"{result['model']}-{result['device'].split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"target c(1) = {result['c_ms']:.2f} ms; baseline {result['ar']['tokens_per_s']:.1f} tok/s")
     for row in result["rows"]:
-        click.echo("{draft}: layers {layers}, c_d(1) = {c_d_ms:.2f} ms ({cost_ratio:.2f} c), acceptance {acceptance}, "
-                   "tau {tau:.2f}, {tokens_per_s:.1f} tok/s, speedup {speedup_median:.3f}, "
-                   "lossless {lossless_rate:.0%}".format(**row))
+        click.echo("{draft}: layers {layers}, c_d(1) = {c_d_ms:.2f} ms ({cost_ratio:.2f} c), accept_len "
+                   "{accept_len:.2f}, tau {tau:.2f}, {tokens_per_s:.1f} tok/s, speedup {speedup:.3f} "
+                   "[{speedup_ci_low:.3f}, {speedup_ci_high:.3f}], lossless {lossless_rate:.0%}".format(**row))
     click.echo(f"best: {result['best']}; wrote {out}")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import USER_ERRORS, fail
+from harness.cli.common import USER_ERRORS, device_option, dtype_option, fail
 from harness.core.modelload import DEFAULT_MODEL
 
 
@@ -23,8 +23,8 @@ def sweep_options(fn):
                      help="Training-split prompts, half from GSM8K train and half from XSum validation."),
         click.option("--max-new-tokens", type=int, default=64, show_default=True),
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None),
+        device_option,
+        dtype_option,
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the method order and the bootstrap."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output directory: <model>-<device>.csv and .json, and the run under run/."),

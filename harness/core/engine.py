@@ -10,12 +10,15 @@ attention to a variant that handles grouped K/V heads under a mask without copyi
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
+from harness.core.architectures import refusal
 from harness.core.attention import use_packed_attention
+from harness.core.modelload import ModelLoadError
 
 Insert = Callable[[torch.Tensor], torch.Tensor]  # h: [B, c, d] -> new rows [B, m, d]
 
@@ -105,15 +108,27 @@ class Counters:
     host_reads: int = 0  # device-to-host reads through Engine.host (each one waits for the device)
 
 
+def cache_keyword(module: torch.nn.Module) -> str:
+    """The keyword a transformers layer or attention module takes its cache under: `cache` since
+    transformers 5.20, `past_key_values` before (passed under the wrong name, it would be ignored)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 class Engine:
     """Layer-level access to a Llama-family causal LM (model.model.{embed_tokens, layers, norm,
-    rotary_emb} and an output embedding)."""
+    rotary_emb} and an output embedding). Any other architecture is refused (ModelLoadError, with
+    the reason: harness/core/architectures.py)."""
 
     def __init__(self, model: torch.nn.Module):
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         for part in ("embed_tokens", "layers", "norm", "rotary_emb"):
             if not hasattr(base, part):
-                raise TypeError(f"unsupported architecture {type(model).__name__}: no decoder.{part}")
+                raise ModelLoadError(f"unsupported architecture {type(model).__name__}: no decoder.{part}")
+        why = refusal(model.config, base.layers[0])
+        if why:
+            raise ModelLoadError(why)
+        self._layer_kw = cache_keyword(base.layers[0])
+        self._attn_kw = cache_keyword(base.layers[0].self_attn)
         self.model = model
         self.packed_attention = use_packed_attention(model)
         self.config = model.config
@@ -172,10 +187,10 @@ class Engine:
         block = self.layers[i]
         rope, mask = ctx.view(h.shape[1])
         if attn and mlp:
-            return block(h, attention_mask=mask, position_embeddings=rope, cache=ctx.cache)
+            return block(h, attention_mask=mask, position_embeddings=rope, **{self._layer_kw: ctx.cache})
         if attn:
             a, _ = block.self_attn(hidden_states=block.input_layernorm(h), position_embeddings=rope,
-                                   attention_mask=mask, cache=ctx.cache)
+                                   attention_mask=mask, **{self._attn_kw: ctx.cache})
             h = h + a
         if mlp:
             h = h + block.mlp(block.post_attention_layernorm(h))

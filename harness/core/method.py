@@ -142,7 +142,7 @@ class Method:
     def propose(self, root: int, cache: KVCache) -> Tree:
         """The draft tree rooted at the pending token `root`. Drafting may write K/V at slots
         >= cache.length (the verify forward overwrites them) but must not change cache.length."""
-        return Tree.chain(torch.tensor([root], device=self.engine.device))
+        return Tree.chain(torch.full((1,), root, dtype=torch.long, device=self.engine.device))  # no blocking copy
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
         """One target forward over the tree; returns hidden [n, d] of the tree nodes."""

@@ -58,19 +58,48 @@ def model_key(name: str) -> str:
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA device")
-    return device
+    """The one parser of `--device` for every command: 'auto', 'cpu', 'cuda' or 'cuda:N', checked
+    against what torch sees. Returns 'cpu' or 'cuda:N' (the ordinal made explicit, so telemetry and
+    manifests name the GPU that ran)."""
+    text = str(device).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise ModelLoadError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} was asked for but torch sees no CUDA device")
+    index = int(match[1]) if match[1] is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0 (CUDA_VISIBLE_DEVICES renumbers them)")
+    return f"cuda:{index}"
 
 
-def resolve_dtype(dtype: str | None, device: str) -> str:
-    if dtype is None:
-        return "float16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return dtype
+def config_dtype(config) -> str | None:
+    """The dtype a model config says its weights are in ('float32', 'bfloat16', ...), or None."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, torch.dtype):
+        value = str(value).removeprefix("torch.")
+    return value if value in DTYPES else None
+
+
+def resolve_dtype(dtype: str | None, device: str, saved: str | None = None) -> str:
+    """The compute dtype: the one asked for, else float32 on CPU, and on CUDA the dtype the model
+    was saved in (`saved`, from its config), except that float32 (or no dtype) becomes bfloat16
+    where the GPU supports it: same exponent range as float32, so nothing overflows, at half the
+    bytes per forward. float16 is used only when the model says float16."""
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    if saved in ("float16", "bfloat16"):
+        return saved
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
 
 
 def embedded_gguf() -> Path:
@@ -176,14 +205,26 @@ def load_config(name: str):
         raise ModelLoadError(f"could not load the config of model {name!r}: {err}") from None
 
 
+def check_supported(config) -> None:
+    """Refuse, before any weight is loaded, a model the engine would run wrongly (the reason given)."""
+    from harness.core.architectures import refusal
+
+    why = refusal(config)
+    if why:
+        raise ModelLoadError(why)
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer for decoding (eval mode, sdpa attention)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM and its tokenizer for decoding (eval mode, sdpa attention) on `device` in
+    `dtype` (resolve_dtype's default when None); unsupported architectures are refused first."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
     source, local = model_source(name)
     try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        check_supported(config)
+        dtype = resolve_dtype(dtype, device, config_dtype(config))
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa",
                                                      local_files_only=local)

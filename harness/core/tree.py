@@ -44,7 +44,7 @@ class Tree:
     def from_parents(tokens: torch.Tensor, parents: list[int]) -> "Tree":
         """Any tree given parents-first: parents[0] = -1 and parents[i] < i."""
         n = len(parents)
-        mask = torch.zeros(n, n, dtype=torch.bool)
+        mask = torch.zeros(n, n, dtype=torch.bool, device="cpu")  # built on the host, moved once
         depths = [0] * n
         for i, p in enumerate(parents):
             if i == 0:
@@ -93,7 +93,8 @@ class TreeShape:
         """candidates: [steps, k] top-k token ids per draft step (best first)."""
         t = self._template
         drafts = candidates[self._step, self._rank]
-        tokens = torch.cat([torch.tensor([root], dtype=drafts.dtype, device=drafts.device), drafts])
+        # torch.full launches a fill; torch.tensor([root]) would be a host-to-device copy, which waits for the device
+        tokens = torch.cat([torch.full((1,), root, dtype=drafts.dtype, device=drafts.device), drafts])
         return Tree(tokens, t.parents, t.depths, t.mask)
 
     def __repr__(self) -> str:

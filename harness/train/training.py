@@ -44,6 +44,9 @@ class Batch:
     hang: torch.Tensor  # [B, m] positions t whose future is drafted
     hang_ok: torch.Tensor  # [B, m] bool: a real (not padding) entry
 
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.ids.to(device), self.lengths.to(device), self.hang.to(device), self.hang_ok.to(device))
+
 
 def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence], list[Sequence]]:
     """(training, held-out) sequences: a seeded shuffle; at most a quarter is held out."""
@@ -55,9 +58,10 @@ def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence]
     return [seqs[i] for i in order[n_held:]], [seqs[i] for i in order[:n_held]]
 
 
-def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random) -> Batch:
+def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random, device: torch.device | str = "cpu") -> Batch:
     """Right-padded token ids and, per sequence, up to cfg.positions hang positions t in the
-    answer region (from the last prompt token on); drafts past the end are masked by the loss."""
+    answer region (from the last prompt token on); drafts past the end are masked by the loss.
+    Built on the host, returned on `device` (the engine's)."""
     rows = []
     for s in seqs:
         cut = max(0, len(s.ids) - cfg.max_len)
@@ -67,15 +71,16 @@ def make_batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random) -> Ba
         rows.append((ids, sorted(rng.sample(candidates, min(cfg.positions, len(candidates))))))
     T = max(len(r[0]) for r in rows)
     m = max(1, max(len(r[1]) for r in rows))
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    hang = torch.zeros(len(rows), m, dtype=torch.long)
-    ok = torch.zeros(len(rows), m, dtype=torch.bool)
+    cpu = torch.device("cpu")
+    ids = torch.zeros(len(rows), T, dtype=torch.long, device=cpu)
+    hang = torch.zeros(len(rows), m, dtype=torch.long, device=cpu)
+    ok = torch.zeros(len(rows), m, dtype=torch.bool, device=cpu)
     for b, (row, pos) in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row)
-        hang[b, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+        ids[b, : len(row)] = torch.tensor(row, device=cpu)
+        hang[b, : len(pos)] = torch.tensor(pos, dtype=torch.long, device=cpu)
         ok[b, : len(pos)] = True
-    lengths = torch.tensor([len(r[0]) for r in rows])
-    return Batch(ids, lengths, hang, ok)
+    lengths = torch.tensor([len(r[0]) for r in rows], device=cpu)
+    return Batch(ids, lengths, hang, ok).to(device)
 
 
 @dataclass
@@ -96,7 +101,7 @@ def teacher_pass(engine: Engine, ids: torch.Tensor, capture: tuple[int, ...] = (
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x: [B, T, ...], index: [B, m] -> [B, m, ...]"""
-    return x[torch.arange(x.shape[0])[:, None], index]
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
 TOPK = 5  # top-1..top-5 agreement is tracked (the paper's Figure 3)
@@ -134,13 +139,15 @@ def evaluate(drafter, engine: Engine, held: list[Sequence], cfg: TrainConfig) ->
     rng = random.Random(cfg.seed + 1)
     hits, total = 0, 0
     for i in range(0, len(held), cfg.batch):
-        _, h, n = drafter.loss(engine, make_batch(held[i:i + cfg.batch], cfg, rng))
+        _, h, n = drafter.loss(engine, make_batch(held[i:i + cfg.batch], cfg, rng, engine.device))
         hits, total = hits + h, total + n
     return (hits / total.clamp(min=1)[:, None]).tolist()
 
 
 def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progress: bool = True) -> dict:
-    """Optimise the drafter's parameters (the target stays frozen); returns the training record."""
+    """Optimise the drafter's parameters (the target stays frozen); returns the training record.
+    The drafter keeps its own dtype (float32: weights and AdamW state), whatever the target runs in;
+    its modules cast inputs to their own dtype and outputs back to the model's."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     train_set, held = split_corpus(seqs, cfg)
@@ -152,7 +159,7 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progr
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = make_batch(rng.sample(train_set, min(cfg.batch, len(train_set))), cfg, rng)
+        batch = make_batch(rng.sample(train_set, min(cfg.batch, len(train_set))), cfg, rng, engine.device)
         loss, hits, counted = drafter.loss(engine, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,7 +180,7 @@ def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str,
     engine = Engine(lm.model)
     seqs = load_corpus(lm, corpus, progress)
     torch.manual_seed(cfg.seed)
-    module = build(engine).to(engine.device, engine.dtype)
+    module = build(engine).to(engine.device)  # float32 weights and optimiser state; the target runs in its dtype
     record = train(module, engine, seqs, cfg, progress=progress)
     path = path or CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
     save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),

@@ -1,0 +1,61 @@
+"""ar-graph: the autoregressive step with static shapes (the path a CUDA graph replays; eager
+here) is lossless against ar, keeps the same cache, reads the device once per step, and is
+rebuilt when the cache's buffer changes. Its CUDA-graph replay is tested in test_cuda.py."""
+
+import random
+
+import pytest
+from helpers import assert_cache_is_committed_sequence, assert_lossless
+from test_sync import count_reads
+
+from harness.bench.data import chat_prompt, load_samples
+from harness.core.decoding import decode
+from harness.core.engine import Engine
+from methods.ar_graph import ARGraph
+from methods.autoregressive import Autoregressive
+
+
+def test_lossless_against_ar(engine):
+    assert assert_lossless(engine, ARGraph(engine, "tiny")) == 1.0
+
+
+def test_cache_holds_the_committed_sequence(engine):
+    assert_cache_is_committed_sequence(engine, ARGraph(engine, "tiny"), [5, 9, 14, 3, 7])
+
+
+def test_one_host_read_per_step(engine, monkeypatch):
+    reads, steps, out = count_reads(ARGraph(engine, "tiny"), monkeypatch, random.Random(1).sample(range(3, 97), 9))
+    assert steps > 5 and reads <= steps + 1 and out.host_reads == steps + 1
+
+
+def test_static_step_follows_the_cache(engine):
+    method = ARGraph(engine, "tiny")
+    small, large = engine.new_cache(64), engine.new_cache(128)
+    a = decode(method, [5, 6, 7], 20, set(), small).output_ids
+    first = method._step
+    assert decode(method, [5, 6, 7], 20, set(), small).output_ids == a and method._step is first
+    assert decode(method, [5, 6, 7], 20, set(), large).output_ids == a and method._step is not first
+    assert method._step.slots.numel() == 128 and engine.counters.forwards > 0
+
+
+def test_eager_on_the_cpu(engine):
+    method = ARGraph(engine, "tiny")
+    decode(method, [5, 6, 7], 5, set(), engine.new_cache(32))
+    assert method._step.graph is None and not method._step.use_graph
+
+
+@pytest.mark.integration
+def test_lossless_on_real_text(real):
+    engine = Engine(real.model)
+    eos = {real.tokenizer.eos_token_id}
+    ar, graph = Autoregressive(engine, real.key), ARGraph(engine, real.key)
+    for name in ("gsm8k", "xsum", "mt-bench"):
+        prompt = chat_prompt(real.tokenizer, load_samples(name, 1)[0].turns[:1], [])
+        cache = engine.new_cache(len(prompt) + 72)  # the static step attends to every slot: no more than needed
+        ref = decode(ar, prompt, 64, eos, cache).output_ids
+        assert decode(graph, prompt, 64, eos, cache).output_ids == ref, name
+
+
+def test_a_full_cache_is_refused_on_the_host(engine):
+    with pytest.raises(RuntimeError, match="KV cache overflow"):
+        decode(ARGraph(engine, "tiny"), [5, 6, 7], 20, set(), engine.new_cache(8))
