@@ -142,7 +142,7 @@ class FIRP(TreeDrafter):
     def tree_cost(self, paths: list[Path], cost) -> float:
         """The verify forward carries one pseudo chain per node: n rows below the first insertion
         layer, n more from each step's layer on (the drafting is inside this forward)."""
-        n, layers = len(paths) + 1, self.chains.layers[:tree_depth(paths)]
+        n, layers = len(paths) + 1, self.module.layers[:tree_depth(paths)]
         rows_from = [(0, n)] + [(layer, n * (i + 2)) for i, layer in enumerate(layers)]
         return layered_cost(cost.ratio, rows_from, self.engine.num_layers)
 

@@ -18,9 +18,10 @@ import torch
 
 import methods as registry
 from harness.bench import results
-from harness.bench.data import TUNING_SETS, chat_prompt, load_samples
+from harness.bench.data import TUNING_SETS
 from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
+from harness.train.profile import tuning_prompts
 
 RESULTS_DIR = results.RESULTS_ROOT / "sps-draft-size"
 ROOM = 256  # KV slots past prompt + budget (the runner's slack)
@@ -32,12 +33,6 @@ class SizeConfig:
     max_new_tokens: int = 64
     k: int = 4  # sps.k for every draft
     reps: int = 30  # timed one-token forwards per latency
-
-
-def tuning_prompts(lm, per_set: int) -> list[list[int]]:
-    """The first `per_set` prompts of each tuning set, alternately, as chat-template ids."""
-    sets = [[chat_prompt(lm.tokenizer, s.turns[:1], []) for s in load_samples(name, per_set)] for name in TUNING_SETS]
-    return [p for group in zip(*sets) for p in group]
 
 
 @torch.inference_mode()

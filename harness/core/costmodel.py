@@ -122,7 +122,7 @@ def machine(engine: Engine) -> dict:
     """What a cached cost model is valid for besides the model: device kind, dtype, and the CPU
     threads torch uses or the GPU's name."""
     kind = engine.device.type
-    where = (torch.cuda.get_device_name(engine.device) if kind == "cuda" else f"{torch.get_num_threads()} threads")
+    where = (torch.cuda.get_device_name(engine.device) if kind == "cuda" else f"threads={torch.get_num_threads()}")
     return {"device": kind, "dtype": str(engine.dtype).removeprefix("torch."), "where": where}
 
 
