@@ -114,3 +114,11 @@ def test_cost_model_files_are_checked(tmp_path):
         costmodel.read(bad)
     with pytest.raises(costmodel.CostModelError, match="not a cost-model JSON"):
         costmodel.read(tmp_path / "missing.json")
+
+
+def test_planning_reads_a_non_decreasing_cost_curve():
+    assert costmodel.monotone([1.0, 1.45, 1.84, 1.69, 1.67, 1.95]) == pytest.approx(
+        [1.0, 1.45, (1.84 + 1.69 + 1.67) / 3, (1.84 + 1.69 + 1.67) / 3, (1.84 + 1.69 + 1.67) / 3, 1.95])
+    cost = costmodel.CostModel({"n": [1, 2, 3, 4], "ratio": [1.0, 1.5, 1.3, 2.0]}, Path("x.json"), True)
+    assert cost.ratio(2) == cost.ratio(3) == pytest.approx(1.4) and cost.ratio(4) == 2.0
+    assert cost.data["ratio"] == [1.0, 1.5, 1.3, 2.0]  # the file's numbers stay as measured

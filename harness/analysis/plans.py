@@ -59,7 +59,10 @@ def render(rows: list[dict]) -> str:
 def machine_words(cost: dict) -> list[str]:
     """What a cost model says of its machine: device, dtype, and the CPU or GPU it ran on."""
     hw = cost.get("hardware")
-    where = [hw] if isinstance(hw, str) else [str(hw[k]) for k in ("gpu", "cpu", "torch_threads") if k in (hw or {})]
+    if isinstance(hw, dict):
+        hw = ", ".join([str(hw[k]) for k in ("gpu", "cpu") if k in hw] +
+                       ([f"{hw['torch_threads']} threads"] if "torch_threads" in hw else []))
+    where = [hw] if hw else []
     return [str(cost[k]) for k in ("device", "dtype") if k in cost] + where
 
 

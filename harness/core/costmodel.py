@@ -118,6 +118,18 @@ def ratio_at(cost: dict, n: float) -> float:
     return float(ys[-1] + slope * (n - xs[-1]))
 
 
+def monotone(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in squared error (pool adjacent violators):
+    a forward of more rows does not cost less, so a measured dip is noise, averaged out."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
+
+
 def machine(engine: Engine) -> dict:
     """What a cached cost model is valid for besides the model: device kind, dtype, and the CPU
     threads torch uses or the GPU's name."""
@@ -148,15 +160,19 @@ def read(path: Path) -> dict:
 @dataclass
 class CostModel:
     """A cost model in use: its data, where it came from, and whether it is this machine's cache
-    (then missing draft costs are measured into it) or a given file (never written)."""
+    (then missing draft costs are measured into it) or a given file (never written). Planning
+    reads c(n)/c(1) made non-decreasing in n (`monotone`)."""
 
     data: dict
     path: Path
     given: bool
     engine: Engine | None = None
 
+    def __post_init__(self):
+        self._curve = {"n": self.data["n"], "ratio": monotone(self.data["ratio"])}
+
     def ratio(self, n: float) -> float:
-        return ratio_at(self.data, n)
+        return ratio_at(self._curve, n)
 
     def draft(self, key: str, probe: Callable[[], Callable[[], object]]) -> float | None:
         """The cost of the draft operation `key` in units of c(1); measured with `probe()` (which
@@ -193,7 +209,8 @@ def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: 
         return CostModel(read(path), path, False, engine)
     m = machine(engine)
     tqdm.write(f"spec-harness: no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}; "
-               f"measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards per row count)",
+               f"measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards per row count; delete "
+               "the file to measure again, on an idle machine)",
                file=sys.stderr)
     data = {"model": model_key, **m, "hardware": m["where"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **measure(engine, progress=True)}
