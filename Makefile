@@ -8,8 +8,10 @@ BENCH_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 3 --max
 
 # CI's small regression run: embedded model, few samples, few tokens, against a committed reference.
 # tau and lossless rate are compared exactly; speedup with a wide margin, since CI machines differ.
+# Auto draft shapes are planned for the reference machine's committed cost model, not the CI machine's.
 CI_REF ?= results/reference/ci-small
-CI_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 2 --max-new-tokens 32 --no-telemetry
+CI_COSTMODEL ?= results/costmodel/SmolLM2-135M-Instruct-Q4_1-cpu-float32.json
+CI_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 2 --max-new-tokens 32 --no-telemetry --costmodel $(CI_COSTMODEL)
 CI_MARGIN ?= 0.5
 
 # gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip

@@ -28,6 +28,10 @@ them, so the head cache is rolled back to the accepted path for free. Head forwa
 `depth`. Host reads: none; the frontier choice, the rerank and the tree mask stay on the device,
 so the loop's one read per step is all.
 
+depth and total_tokens = auto (the defaults) plan them for the hardware from the head's grid
+profile (tokens per step, rows per forward and head forwards per step measured at each (depth,
+top_k, total_tokens) point) and the cost model, a head forward of top_k rows timed on this machine.
+
 Training (`spec-harness train eagle`): teacher-forced on the target's own features as the paper
 trains: smooth L1 to the next feature plus KL of the decoded draft to the target's distribution
 (weights 1.0 / 0.1, eagle/train/main.py), with uniform noise on the input features.
@@ -42,9 +46,16 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.drafter import frozen_module, load_frozen
 from harness.core.engine import Context, Engine, KVCache
-from harness.core.method import Method, MethodError, Option
+from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.planning import (
+    PLANNING_OPTIONS,
+    check_options,
+    draft_cost,
+    grid_point,
+)
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 from methods.eagle_released import released_head
@@ -52,6 +63,9 @@ from methods.eagle_tree import DraftTree
 
 SHAPES = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "hidden_act")
 LOSS = {"feature": 1.0, "token": 0.1, "noise": 0.2}  # EAGLE's v_w, p_w and uniform noise std
+TREE_SIZES = ("depth", "top_k", "total_tokens")
+STATIC = {"depth": 4, "total_tokens": 8}  # auto without a profile
+PROFILE_GRID = tuple({"depth": d, "top_k": 4, "total_tokens": t} for d in (2, 3, 4, 6) for t in (2, 4, 8, 16))
 
 
 def target_shapes(engine: Engine) -> dict:
@@ -136,6 +150,14 @@ def load_head(engine: Engine, path: Path) -> tuple[EagleHead, dict]:
     return frozen_module(engine, build_head, state, sidecar, f"{path} is not a valid EAGLE draft"), sidecar
 
 
+def check_sizes(config: dict) -> None:
+    depth, k, total = (config[o] for o in TREE_SIZES)
+    drafted = k + (depth - 1) * k * k
+    if min(depth, k, total) < 1 or total > drafted:
+        raise MethodError(f"eagle: depth, top_k and total_tokens must be >= 1 and total_tokens <= the "
+                          f"{drafted} nodes drafted at depth {depth}, top_k {k}")
+
+
 class Eagle(Method):
     """Drafts a dynamic tree with an EagleHead each step (see the module docstring)."""
 
@@ -145,20 +167,33 @@ class Eagle(Method):
     options = (
         Option("checkpoint", "str", "eagle", "checkpoint name under methods/checkpoints/<model>/, a path, "
                "or a released EAGLE directory (config.json + pytorch_model.bin or model.safetensors)"),
-        Option("depth", "int", 4, "draft tree depth: head forwards per step (EAGLE's code counts one less)"),
+        Option("depth", "int", AUTO, "draft tree depth: head forwards per step (EAGLE's code counts one less); "
+                                     f"auto: planned with total_tokens ({STATIC['depth']} without a profile)"),
         Option("top_k", "int", 4, "children per expanded node, and nodes expanded per level"),
-        Option("total_tokens", "int", 8, "draft nodes verified per step, root excluded (EAGLE counts the root)"),
+        Option("total_tokens", "int", AUTO, "draft nodes verified per step, root excluded (EAGLE counts the root); "
+                                            f"auto: planned ({STATIC['total_tokens']} without a profile)"),
+        *PLANNING_OPTIONS,
     )
+    profile_family = "grid"
+    profile_grid = PROFILE_GRID
+
+    @classmethod
+    def resolve_options(cls, values: dict) -> dict:
+        out = super().resolve_options(values)
+        check_options(cls.name, out)
+        if AUTO not in (out["depth"], out["total_tokens"]):
+            check_sizes(out)
+        return out
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
-        depth, k, total = (self.config[o] for o in ("depth", "top_k", "total_tokens"))
-        drafted = k + (depth - 1) * k * k
-        if min(depth, k, total) < 1 or total > drafted:
-            raise MethodError(f"eagle: depth, top_k and total_tokens must be >= 1 and total_tokens <= the "
-                              f"{drafted} nodes drafted at depth {depth}, top_k {k}")
         self.weights = self.weights_path()
         self.head, self.sidecar = load_head(engine, self.weights)
+        fixed = {k: self.config[k] for k in TREE_SIZES if self.config[k] != AUTO}
+        if len(fixed) < len(TREE_SIZES):
+            per_forward = lambda cost: draft_cost(cost, self.draft_cost_key(), self.draft_probe)  # noqa: E731
+            self.config.update(grid_point(self, fixed, STATIC, per_forward))
+            check_sizes(self.config)
         self._cache: KVCache | None = None
         self._feats = self._tokens = self._prompt = None
 
@@ -167,6 +202,26 @@ class Eagle(Method):
         out.update(weights=str(self.weights), module=self.head.config(),
                    training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
         return out
+
+    def profile_file(self) -> Path:
+        """Beside the checkpoint (file or released directory): <checkpoint>.profile.json."""
+        return Path(self.weights).with_name(Path(self.weights).stem + ".profile.json")
+
+    def draft_cost_key(self) -> str:
+        return f"eagle:{Path(self.weights).name}:top_k{self.config['top_k']}"
+
+    def draft_probe(self):
+        """One head forward of top_k rows after DEFAULT_PREFIX positions, decoded and ranked."""
+        eng, k = self.engine, self.config["top_k"]
+        cache = self.head.new_cache(DEFAULT_PREFIX + k, eng.device, eng.dtype)
+        feats = torch.zeros(1, k, eng.hidden_size, dtype=eng.dtype, device=eng.device)  # [1, k, d]
+        tokens = torch.ones(1, k, dtype=torch.long, device=eng.device)  # [1, k]
+        positions = torch.full((k,), DEFAULT_PREFIX, device=eng.device)
+
+        def op():
+            ctx = eng.context(positions, None, cache, start=DEFAULT_PREFIX)
+            return self.head.lm_head(self.head(feats, tokens, ctx)).topk(k, dim=-1)
+        return op
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         room = cache.max_len + self.config["depth"] * self.config["top_k"]

@@ -26,6 +26,7 @@ from torch import nn
 
 from harness.core.drafter import TreeDrafter, tree_options
 from harness.core.engine import Engine, KVCache, PrefixKV
+from harness.core.planner import Path, layered_cost, tree_depth
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
@@ -142,6 +143,13 @@ class FIRP(TreeDrafter):
     @staticmethod
     def build_module(engine: Engine, config: dict) -> PseudoChains:
         return PseudoChains(engine.hidden_size, tuple(config["layers"]), config["mask"] == "serial", config["source"])
+
+    def tree_cost(self, paths: list[Path], cost) -> float:
+        """The verify forward carries one pseudo chain per node: n rows below the first insertion
+        layer, n more from each step's layer on (the drafting is inside this forward)."""
+        n, layers = len(paths) + 1, self.module.layers[:tree_depth(paths)]
+        rows_from = [(0, n)] + [(layer, n * (i + 2)) for i, layer in enumerate(layers)]
+        return layered_cost(cost.ratio, rows_from, self.engine.num_layers)
 
     def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""

@@ -20,20 +20,27 @@ step until the window is full adds the outputs as a new level and drops one colu
 level, so the levels stay aligned with the advancing root. The window always advances by one
 position per step, however many tokens were accepted (the paper's default). The pool is reset
 for every decoded turn.
+
+preset = auto (the default, when no size is given) plans (W, N, G) for the hardware from the
+model's grid profile (tokens per step and rows per forward measured at each grid point).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Sequence
 
 import torch
 
 from harness.core.engine import Engine, KVCache
-from harness.core.method import Method, MethodError, Option
+from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.planning import PLANNING_OPTIONS, check_options, grid_point
 from harness.core.tree import Tree
 
 PRESETS: dict[str, tuple[int, int, int]] = {"published": (7, 5, 7)}  # (W, N, G) of the paper's 7B runs
+PROFILE_GRID = tuple({"window": w, "ngram": n, "guess": g}  # the points a profile measures
+                     for w, n, g in itertools.product((3, 5, 7), (3, 4, 5), (3, 5, 7)))
 SIZES = ("window", "ngram", "guess")
 LOWEST = {"window": 1, "ngram": 2, "guess": 1}
 
@@ -141,9 +148,10 @@ def build_trie(root: int, grams: Sequence[Sequence[int]], limit: int, device: to
 
 
 def resolve_sizes(config: dict, given: dict, name: str = "lookahead") -> tuple[int, int, int]:
-    """(W, N, G) from the options, the preset overriding the three; checked."""
+    """(W, N, G) from the options, a named preset overriding the three; checked (`auto` stands for
+    the three options' values here: planning replaces them later, if none was given)."""
     preset = config["preset"]
-    if preset != "none":
+    if preset not in ("none", AUTO):
         if preset not in PRESETS:
             raise MethodError(f"{name}.preset: {preset!r} is not one of none, {', '.join(PRESETS)}")
         clash = [k for k in SIZES if k in given]
@@ -169,9 +177,13 @@ class Lookahead(Method):
         Option("window", "int", 3, "W: lookahead window width (future positions per Jacobi level)"),
         Option("ngram", "int", 3, "N: n-gram size; the window keeps N-1 Jacobi levels"),
         Option("guess", "int", 3, "G: n-grams kept per first token, all verified when it is the root"),
-        Option("preset", "str", "none", "named (W, N, G), overriding the three: published = (7, 5, 7)",
-               choices=("none", *PRESETS)),
+        Option("preset", "str", AUTO, "named (W, N, G), overriding the three: published = (7, 5, 7); auto (unless a "
+                                      "size is given) = planned from the model's lookahead profile and this hardware's "
+                                      "cost model, the three defaults without a profile", choices=(AUTO, "none", *PRESETS)),
+        *PLANNING_OPTIONS,
     )
+    profile_family = "grid"
+    profile_grid = PROFILE_GRID
 
     PRESETS = PRESETS
 
@@ -180,9 +192,18 @@ class Lookahead(Method):
         """(W, N, G) that these option values give; a MethodError when they are invalid."""
         return resolve_sizes(cls.resolve_options(values), values)
 
+    @classmethod
+    def resolve_options(cls, values: dict) -> dict:
+        out = super().resolve_options(values)
+        check_options(cls.name, out)
+        return out
+
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.width, self.ngram, self.guess = resolve_sizes(self.config, values)
+        if self.config["preset"] == AUTO and not any(k in values for k in SIZES):
+            self.config.update(grid_point(self, {}, dict(zip(SIZES, (self.width, self.ngram, self.guess)))))
+            self.width, self.ngram, self.guess = (self.config[k] for k in SIZES)
         self.pool = NGramPool(self.guess)
         self.window: Window | None = None
         self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -27,6 +27,8 @@ from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.drafter import TreeDrafter, frozen_module, tree_options
 from harness.core.engine import Engine
 from harness.core.method import MethodError
+from harness.core.planner import Path as TreePath
+from harness.core.planning import draft_cost
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
@@ -115,6 +117,17 @@ class Medusa(TreeDrafter):
             reason = str(err).removeprefix(str(path)).lstrip(": ")
             raise CheckpointError(f"{path} is not a valid medusa checkpoint (no sidecar, so read as released "
                                   f"Medusa heads): {reason}") from None
+
+    def tree_cost(self, paths: list[TreePath], cost) -> float:
+        """Verify the n tree rows, then run every head on the accepted node's state."""
+        return cost.ratio(len(paths) + 1) + draft_cost(cost, self.draft_cost_key(), self.draft_probe)
+
+    def draft_cost_key(self) -> str:
+        return f"medusa:{Path(self.weights).name}"
+
+    def draft_probe(self):
+        normed = torch.zeros(self.engine.hidden_size, dtype=self.engine.dtype, device=self.engine.device)
+        return lambda: self.module(normed).topk(4, dim=-1)
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
         normed = self.engine.norm(hidden[path[-1]])

@@ -5,7 +5,8 @@ Each step the last n tokens of the context (prompt + committed output, the pendi
 included), n from max_ngram down to min_ngram, are looked up among the context's earlier
 n-grams; the most recent earlier occurrence wins and the (up to) k tokens that followed it form
 a chain draft. No match: a plain one-token step. The shared loop verifies the chain with one
-target forward, so decoding stays exact.
+target forward, so decoding stays exact. k = auto (the default) plans k for the hardware from the
+model's chain profile (how often a match drafts and is accepted at each depth) and cost model.
 
 The context lives on the host: the prompt arrives through `begin`, the root through `propose`,
 the accepted draft tokens through `observe` (the path indexes the host-built draft). An index
@@ -21,8 +22,11 @@ from typing import Iterable
 import torch
 
 from harness.core.engine import KVCache
-from harness.core.method import Method, MethodError, Option
+from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options
 from harness.core.tree import Tree
+
+STATIC_K = 10  # without a profile: Saxena's and Spec-Bench's value
 
 
 class NGramIndex:
@@ -63,10 +67,12 @@ class PromptLookup(Method):
     options = (
         Option("max_ngram", "int", 3, "longest suffix n-gram looked up (tried first)"),
         Option("min_ngram", "int", 1, "shortest suffix n-gram looked up"),
-        # Saxena's and Spec-Bench's value; the k sweep on the tuning sets is to replace it
-        Option("k", "int", 10, "draft tokens copied per match (default: the published 10, until the "
-                                "k sweep on the training splits chooses it)"),
+        Option("k", "int", AUTO, f"draft tokens copied per match: auto (planned from the model's pld profile and "
+                                 f"this hardware's cost model; {STATIC_K}, the published value, without a profile)"),
+        *PLANNING_OPTIONS,
     )
+    profile_family = "chain"
+    profile_k_max = 16  # the k a profile is measured with: auto chooses among 1..16
 
     @classmethod
     def resolve_options(cls, values: dict) -> dict:
@@ -75,12 +81,14 @@ class PromptLookup(Method):
         if out["min_ngram"] < 1 or out["max_ngram"] < out["min_ngram"]:
             raise MethodError(f"pld: need 1 <= min_ngram <= max_ngram, got min_ngram={out['min_ngram']}, "
                               f"max_ngram={out['max_ngram']}")
-        if out["k"] < 1:
+        if out["k"] != AUTO and out["k"] < 1:
             raise MethodError(f"pld.k: {out['k']} must be at least 1")
+        check_options(cls.name, out)
         return out
 
     def __init__(self, engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
+        self.k = chain_k(self, STATIC_K)
         self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
         self._draft: list[int] = []  # the draft tokens of the last proposal, on the host
 
@@ -93,7 +101,7 @@ class PromptLookup(Method):
     def propose(self, root: int, cache: KVCache) -> Tree:
         self.index.extend([root])
         room = cache.max_len - cache.length - 1  # verify needs 1 + drafts slots
-        self._draft = self.index.lookup(min(self.config["k"], room)) if room > 0 else []
+        self._draft = self.index.lookup(min(self.k, room)) if room > 0 else []
         return Tree.chain(torch.tensor([root, *self._draft], dtype=torch.long, device=self.engine.device))
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:

@@ -13,7 +13,8 @@ Every draft forward is booked with engine.count_draft() on the target engine (re
 `draft_forwards`); tau counts target forwards only. With `threshold` > 0 drafting stops after a
 token whose top-1 draft probability is below it (as transformers' assistant does), which costs
 one host read per draft token; with threshold 0 the draft tokens stay on the device and the loop
-reads once per step.
+reads once per step. k = auto (the default) plans k for the hardware from the draft's chain
+profile and the cost model, a draft forward (c_d(1), timed on this machine) charged per token.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.engine import Engine, KVCache
-from harness.core.method import CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options, draft_cost
 from harness.core.tree import Tree
 from methods.sps_draft import KIND, load_draft_checkpoint
 
@@ -101,10 +104,11 @@ class UsesDraft:
     def resolve_options(cls, values: dict) -> dict:
         """Typed options, checked before any model is loaded."""
         out = super().resolve_options(values)
-        if out["k"] < 1:
+        if out["k"] != AUTO and out["k"] < 1:
             raise MethodError(f"{cls.name}.k: {out['k']} must be at least 1")
         if not 0.0 <= out["threshold"] <= 1.0:
             raise MethodError(f"{cls.name}.threshold: {out['threshold']} is not in [0, 1]")
+        check_options(cls.name, out)
         return out
 
     def load_draft(self) -> torch.nn.Module:
@@ -115,11 +119,19 @@ class UsesDraft:
         return {**super().describe(), "draft": self.draft_info}
 
 
+STATIC_K = 4  # without a profile
+
+
 class SpS(UsesDraft, Method):
     """Draft-model speculative decoding on the shared loop (greedy)."""
 
     name = "sps"
     summary = "speculative sampling (SpS), greedy: a small draft model with its own KV cache drafts a chain"
+    options = tuple(Option("k", "int", AUTO, f"draft tokens per step: auto (planned from the draft's profile and "
+                                             f"this hardware's cost model; {STATIC_K} without a profile)")
+                    if o.name == "k" else o for o in DRAFT_OPTIONS) + PLANNING_OPTIONS
+    profile_family = "chain"
+    profile_k_max = 8  # the k a profile is measured with (threshold 0): auto chooses among 1..8
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
@@ -128,9 +140,31 @@ class SpS(UsesDraft, Method):
             self.draft = Engine(lm)
         except TypeError as err:
             raise MethodError(f"{self.name}.draft: {err}") from None
+        self.k = chain_k(self, STATIC_K, lambda cost: draft_cost(cost, self.draft_cost_key(), self.draft_probe))
         self.dcache: KVCache | None = None
         self._unfed = torch.zeros(0, dtype=torch.long, device=engine.device)  # committed, not yet fed to the draft
         self._root_slot = self._fed = 0  # slot of the last root; tree tokens fed to the draft (root first)
+
+    def profile_file(self) -> Path:
+        """Beside a trained draft's checkpoint; per model and draft for an HF draft."""
+        source = Path(self.draft_info["source"])
+        if source.suffix == ".safetensors":
+            return source.with_name(source.stem + ".profile.json")
+        return CHECKPOINT_ROOT / self.model_key / f"sps--{source.name}.profile.json"
+
+    def draft_cost_key(self) -> str:
+        return f"sps:{Path(self.draft_info['source']).name}"
+
+    def draft_probe(self):
+        """One draft forward of one row after DEFAULT_PREFIX positions (what a draft token costs)."""
+        cache = self.draft.new_cache(DEFAULT_PREFIX + 1)
+        ids = torch.ones(1, dtype=torch.long, device=self.engine.device)
+        at = torch.tensor([DEFAULT_PREFIX], device=self.engine.device)
+
+        def op():
+            cache.truncate(DEFAULT_PREFIX)
+            return self.draft.logits(self.draft.forward(ids, at, None, cache)[0, -1]).argmax()
+        return op
 
     def _draft_forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ids [c] to the draft at the next slots of its cache; logits [V] of the last one."""
@@ -155,7 +189,7 @@ class SpS(UsesDraft, Method):
     def propose(self, root: int, cache: KVCache) -> Tree:
         """root, d1 .. dk: d1 from feeding the unseen committed tokens and the root, d(j+1) from
         feeding dj; dk is not fed (it may be rejected)."""
-        k = min(self.config["k"], cache.max_len - cache.length - 1)  # verify needs 1 + k slots
+        k = min(self.k, cache.max_len - cache.length - 1)  # verify needs 1 + k slots
         tokens = [torch.tensor([root], dtype=torch.long, device=self.engine.device)]  # each [1]
         self._root_slot, feed = cache.length, torch.cat([self._unfed, tokens[0]])
         for _ in range(max(0, k)):

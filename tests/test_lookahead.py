@@ -199,7 +199,7 @@ def test_preset_and_option_validation(engine):
     assert (published.width, published.ngram, published.guess) == (7, 5, 7)
     assert published.describe()["options"]["window"] == 7 and published.describe()["window_rows"] == 27
     parsed = Lookahead.resolve_options({"window": "6", "ngram": "3", "guess": "2"})
-    assert (parsed["window"], parsed["ngram"], parsed["guess"], parsed["preset"]) == (6, 3, 2, "none")
+    assert (parsed["window"], parsed["ngram"], parsed["guess"], parsed["preset"]) == (6, 3, 2, "auto")
     with pytest.raises(MethodError, match="drop window"):
         Lookahead(engine, "tiny", preset="published", window="3")
     with pytest.raises(MethodError, match="not one of"):

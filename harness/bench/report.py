@@ -33,6 +33,7 @@ def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
         rows.append({
             "method": r["method"], "dataset": r["dataset"], **{k: r[k] for k in by}, "n": r["n"],
             "speedup [95% CI]": _interval(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+            **({"predicted": _fmt(r["predicted_speedup"], ".2f")} if "predicted_speedup" in r else {}),
             "median paired [95% CI]": _interval(r["speedup_median"], r["median_ci_low"], r["median_ci_high"]),
             "tau": _fmt(r["tau"], ".2f"), "accept_len": _fmt(r["accept_len"], ".2f"),
             "accepted at 1/2/3/4": _rates(r["accept_rate"]), "draft": _fmt(r["draft_size"], ".1f"),
@@ -56,11 +57,20 @@ def control_verdicts(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def predicted_speedups(run_dir: Path) -> dict[str, float]:
+    """method -> the speedup its auto draft shape was planned for (manifest: method_configs)."""
+    configs = json.loads((Path(run_dir) / "manifest.json").read_text()).get("method_configs") or {}
+    return {m: c["plan"]["predicted_speedup"] for m, c in configs.items() if "predicted_speedup" in c.get("plan", {})}
+
+
 def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     """Summarise a run directory; writes summary.csv (raw numbers) and summary.md (by category:
-    summary-<by>.csv/.md)."""
+    summary-<by>.csv/.md). A method that planned its draft shape shows its predicted speedup."""
     run_dir = Path(run_dir)
     summary, skipped = summary_of(run_dir, by=by)
+    predicted = predicted_speedups(run_dir)
+    if predicted and not summary.empty:
+        summary = summary.assign(predicted_speedup=summary["method"].map(predicted))
     text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
     notes = control_verdicts(summary)
     if skipped:

@@ -3,7 +3,7 @@ command group, assembled into the `main` group here.
 
 - common.py: the user errors and the failure helper every command shares;
 - run.py: list, setup, run, report;  train.py: train, analyze;  tune.py: tune;
-- analysis.py: figures, costmodel, regress;  device.py: doctor, gpu-check.
+- analysis.py: figures, costmodel, regress;  device.py: doctor, gpu-check;  plan.py: plan.
 
 May import everything below it (analysis, train, bench, core, methods); nothing imports it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from harness.cli import analysis, device, run, train, tune
+from harness.cli import analysis, device, plan, run, train, tune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,5 +20,6 @@ def main() -> None:
     """Benchmark speculative decoding methods behind one decode loop."""
 
 
-for _command in (*run.COMMANDS, *train.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS, *device.COMMANDS):
+for _command in (*run.COMMANDS, *train.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS, *device.COMMANDS,
+                 *plan.COMMANDS):
     main.add_command(_command)

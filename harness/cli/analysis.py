@@ -48,7 +48,10 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
 @click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1,2,3,4,6,8,12,16,24,32,48,64).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
-def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
+@click.option("--drafts", default=None, metavar="METHODS",
+              help="Also time these methods' draft operations (a head or draft-model forward, in units of c(1)) "
+                   "for planning their auto shapes on this machine: comma-separated, or 'all'.")
+def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts) -> None:
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
     from harness.analysis import costmodel as cm
     from harness.bench.results import write_json
@@ -56,6 +59,8 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
     try:
         n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
         result = cm.run(model, device, dtype, prefix, repeats, n_values)
+        if drafts:
+            result["drafts"] = _draft_costs(model, device, dtype, drafts)
     except _user_errors() as err:
         fail(err)
     path = out or cm.default_out(result)
@@ -64,7 +69,20 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out) -> None:
     click.echo(f"{'n':>4} {'c(n) ms':>9} {'c(n)/c(1)':>10}")
     for n, sec, ratio in zip(result["n"], result["seconds"], result["ratio"]):
         click.echo(f"{n:>4} {1000 * sec:>9.2f} {ratio:>10.2f}")
+    for key, ratio in result.get("drafts", {}).items():
+        click.echo(f"draft {key}: {ratio:.3f} c(1)")
     click.echo(f"wrote {path}")
+
+
+def _draft_costs(model: str, device: str, dtype: str | None, drafts: str) -> dict:
+    from harness.analysis.plans import draft_costs, planners
+    from harness.cli.common import csv
+    from harness.core.engine import Engine
+    from harness.core.modelload import load_model
+
+    lm = load_model(model, device, dtype)
+    names = planners(lm.key) if drafts == "all" else csv(drafts)
+    return draft_costs(Engine(lm.model), lm.key, names, {})
 
 
 @click.command()

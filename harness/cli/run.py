@@ -67,11 +67,15 @@ def setup() -> None:
 @click.option("--no-telemetry", is_flag=True, help="Do not sample hardware telemetry.")
 @click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up decodes.")
 @click.option("--control", is_flag=True, help="A/A control: decode the baseline a second time per sample (as ar:control).")
+@click.option("--costmodel", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Cost-model JSON every method plans its auto draft shape for (METHOD.costmodel; e.g. the "
+                   "reference machine's, so that planning is the same on every machine). Default: this machine's.")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
-        overwrite, seed, data_source, no_telemetry, no_warmup, control) -> None:
+        overwrite, seed, data_source, no_telemetry, no_warmup, control, costmodel) -> None:
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
+    from harness.analysis.plans import with_costmodel
     from harness.bench.report import report
     from harness.bench.runner import RunConfig, Runner
 
@@ -79,9 +83,10 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
         names = csv(methods_)
         if "all" in names:
             names = [n for n in names if n != "all"] + registry.runnable(model_key(model))
+        args = with_costmodel(names, parse_method_args(method_args), costmodel)
         cfg = RunConfig(methods=names, datasets=csv(datasets), model=model, device=device, dtype=dtype,
                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
-                        method_args=parse_method_args(method_args), out=out, resume=resume, overwrite=overwrite,
+                        method_args=args, out=out, resume=resume, overwrite=overwrite,
                         telemetry=not no_telemetry, warmup=not no_warmup, control=control)
         runner = Runner(cfg)
     except USER_ERRORS as err:

@@ -104,4 +104,58 @@ def tune_method_cmd(name, vary, **kw) -> None:
     click.echo("best: " + " ".join(f"{k}={best[k]}" for k in values))
 
 
+@tune.command("profile")
+@click.argument("name")
+@click.option("--num-prompts", type=int, default=16, show_default=True,
+              help="Training-split prompts, half from GSM8K train and half from XSum validation.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None)
+@click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE",
+              help="Options of the method besides its shape, e.g. firp.checkpoint=PATH (repeatable).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Profile JSON (default: where the method looks for it: beside its checkpoint, or "
+                   "methods/checkpoints/<model>/<method>.profile.json).")
+def tune_profile_cmd(name, num_prompts, max_new_tokens, model, device, dtype, method_args, out) -> None:
+    """Measure NAME's acceptance profile on the tuning sets, from which `auto` plans its draft shape.
+
+    Decoding statistics only (no timing): any machine will do, busy or not."""
+    from harness.bench.results import write_json
+    from harness.cli.common import parse_method_args
+    from harness.core.modelload import load_model
+    from harness.train.profile import ProfileConfig, measure_profile
+
+    try:
+        options = parse_method_args(method_args)
+        unknown = set(options) - {name}
+        if unknown:
+            raise ValueError(f"--method-arg names {', '.join(sorted(unknown))}, not {name}")
+        if num_prompts < 1 or max_new_tokens < 1:
+            raise ValueError("--num-prompts and --max-new-tokens must be at least 1")
+        lm = load_model(model, device, dtype)
+        profile, path = measure_profile(name, lm, ProfileConfig(num_prompts, max_new_tokens), options.get(name))
+    except (*USER_ERRORS, ValueError) as err:
+        fail(err)
+    path = out or path
+    write_json(path, profile)
+    click.echo(profile_summary(profile))
+    click.echo(f"wrote {path} ({profile['seconds']} s)")
+
+
+def profile_summary(profile: dict) -> str:
+    """A few lines on what a profile measured."""
+    steps = profile.get("steps") or sum(p["steps"] for p in profile.get("points", []))
+    head = f"{profile['method']} ({profile['family']} profile, {steps} steps)"
+    if profile["family"] == "tree":
+        top = sorted(profile["paths"].items(), key=lambda kv: -kv[1])[:8]
+        return head + "\n  most accepted tree nodes: " + ", ".join(f"({k}) {v:.3f}" for k, v in top)
+    if profile["family"] == "chain":
+        rates = "/".join(f"{x:.2f}" for x in profile["accepted_at_least"])
+        return head + f"\n  P(accepted >= i), i = 1..{profile['k_max']}: {rates}"
+    lines = [f"  {' '.join(f'{k}={v}' for k, v in p['options'].items())}: {p['tokens_per_step']:.2f} tokens/step, "
+             f"{p['positions']:.1f} rows/forward" for p in profile["points"]]
+    return "\n".join([head, *lines])
+
+
 COMMANDS = (tune,)

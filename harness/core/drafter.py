@@ -1,5 +1,6 @@
 """Base class of methods that draft a sparse candidate tree with a trained module (FIRP, Medusa):
-checkpoint loading, tree shape, candidates from per-step draft logits."""
+checkpoint loading, tree shape (`auto`: planned from the checkpoint's acceptance profile and the
+hardware's cost model), candidates from per-step draft logits."""
 
 from __future__ import annotations
 
@@ -9,18 +10,26 @@ import torch
 
 from harness.core.checkpoint import CheckpointError, load_checkpoint
 from harness.core.engine import Engine, KVCache
-from harness.core.method import Method, MethodError, Option
+from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.planner import Choice, tree_choices
+from harness.core.planner import Path as TreePath
+from harness.core.planning import PLANNING_OPTIONS, Planned, check_options, plan_shape
 from harness.core.tree import Tree, TreeShape, resolve_tree
 
-# Default tree: 'tiny' (5 draft nodes) had the best measured speedup for both FIRP and Medusa on
-# the tuning sets on a 2-core CPU, where every extra row costs (results/tuning/trees/summary.md).
+# Static tree, used when `auto` cannot plan (no profile): 'tiny' (5 draft nodes) had the best
+# measured speedup for both FIRP and Medusa on the tuning sets on a 2-core CPU, where every extra
+# row costs (results/tuning/trees/summary.md).
 DEFAULT_TREE = "tiny"
+PROFILE_RANKS = 8  # candidates per step a profile follows the target's tokens among
 
 
 def tree_options(default_checkpoint: str, trees: str) -> tuple[Option, ...]:
     return (
         Option("checkpoint", "str", default_checkpoint, "checkpoint name under methods/checkpoints/<model>/ or a path"),
-        Option("tree", "str", DEFAULT_TREE, f"draft tree: {trees}, or paths '0;1;0.0'"),
+        Option("tree", "str", AUTO, f"draft tree: auto (planned from the checkpoint's acceptance profile and this "
+                                    f"hardware's cost model; {DEFAULT_TREE} without a profile), {trees}, "
+                                    "or paths '0;1;0.0'"),
+        *PLANNING_OPTIONS,
     )
 
 
@@ -50,18 +59,47 @@ class TreeDrafter(Method):
     """Subclasses define `build_module(engine, config) -> nn.Module` (with `.steps`, `.config()`)
     and call `self.set_candidates(draft_logits)` from observe()."""
 
+    profile_family = "tree"
+
+    @classmethod
+    def resolve_options(cls, values: dict) -> dict:
+        out = super().resolve_options(values)
+        check_options(cls.name, out)
+        return out
+
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.weights: Path = self.weights_path()
         self.module, self.sidecar = self.load_module(engine, self.weights)
         try:
-            self.shape = TreeShape(resolve_tree(self.config["tree"], self.module.steps), engine.device)
+            self.shape = TreeShape(self.tree_paths(), engine.device)
         except ValueError as err:
             raise MethodError(f"{self.name}.tree: {err}") from None
         if self.shape.depth > self.module.steps:
             raise MethodError(f"{self.name}.tree is {self.shape.depth} deep but the checkpoint drafts "
                               f"{self.module.steps} steps")
         self._candidates: torch.Tensor | None = None
+        self.recorded: list[torch.Tensor] | None = None  # set to [] to keep each step's top candidates
+
+    def tree_paths(self) -> list[TreePath]:
+        """The tree option's paths; `auto` plans them (or falls back to DEFAULT_TREE)."""
+        if self.config["tree"] != AUTO:
+            return resolve_tree(self.config["tree"], self.module.steps)
+        self.planned: Planned = plan_shape(self, "tree", (resolve_tree(DEFAULT_TREE, self.module.steps), DEFAULT_TREE),
+                                           self.tree_choices)
+        return self.planned.shape
+
+    def tree_choices(self, profile: dict, cost) -> list[Choice]:
+        return tree_choices(profile, self.module.steps, lambda paths: self.tree_cost(paths, cost))
+
+    def tree_cost(self, paths: list[TreePath], cost) -> float:
+        """One step's cost in units of c(1) with this tree (a subclass adds what it does besides
+        verifying the tree's rows)."""
+        return cost.ratio(len(paths) + 1)
+
+    def profile_file(self) -> Path:
+        """Beside the checkpoint: <checkpoint>.profile.json (its drafts are what it measures)."""
+        return self.weights.with_name(self.weights.stem + ".profile.json")
 
     @staticmethod
     def build_module(engine: Engine, config: dict) -> torch.nn.Module:
@@ -78,8 +116,11 @@ class TreeDrafter(Method):
         return out
 
     def set_candidates(self, draft_logits: torch.Tensor) -> None:
-        """draft_logits: [steps, V] -> the top-k candidates per step the tree shape needs."""
+        """draft_logits: [steps, V] -> the top-k candidates per step the tree shape needs (and
+        the top PROFILE_RANKS when recording a profile)."""
         self._candidates = draft_logits.topk(max(1, self.shape.topk), dim=-1).indices
+        if self.recorded is not None:
+            self.recorded.append(draft_logits.topk(PROFILE_RANKS, dim=-1).indices)  # [steps, R]
 
     def propose(self, root: int, cache: KVCache) -> Tree:
         return self.shape.build(root, self._candidates)

@@ -17,6 +17,7 @@ from harness.core.engine import Engine, KVCache
 from harness.core.tree import Tree
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "methods" / "checkpoints"
+AUTO = "auto"  # a shape option's default: plan it for this hardware (harness/core/planning.py)
 
 
 def checkpoint_file(model_key: str, name: str) -> Path:
@@ -33,7 +34,8 @@ class MethodError(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """One method option, settable as `--method-arg NAME.KEY=VALUE`."""
+    """One method option, settable as `--method-arg NAME.KEY=VALUE`. An option whose default is
+    "auto" also accepts "auto" whatever its kind."""
 
     name: str
     kind: str  # "int" | "float" | "bool" | "str" | "ints"
@@ -42,6 +44,8 @@ class Option:
     choices: tuple | None = None
 
     def parse(self, text: str) -> Any:
+        if text == AUTO and self.default == AUTO:
+            return AUTO
         try:
             if self.kind == "int":
                 value = int(text)
@@ -70,6 +74,8 @@ class Method:
     options: ClassVar[tuple[Option, ...]] = ()
     weights_file: ClassVar[str | None] = None  # trained artifact under checkpoints/<model>/
     trainer: ClassVar[str | None] = None  # `spec-harness train <trainer>` builds it (default: the name)
+    profile_family: ClassVar[str | None] = None  # "tree" | "chain" | "grid": plans its draft shape
+    planned: Any = None  # a planning.Planned when the method planned (or fell back from) an auto shape
 
     def __init__(self, engine: Engine, model_key: str, **values: Any):
         self.engine = engine
@@ -126,9 +132,27 @@ class Method:
         return cls.trainer or cls.name
 
     def describe(self) -> dict[str, Any]:
-        """Everything a results manifest needs to say what ran."""
-        return {"name": self.name, "options": {k: list(v) if isinstance(v, tuple) else v
-                                               for k, v in self.config.items()}}
+        """Everything a results manifest needs to say what ran (with `plan`: the auto shape chosen,
+        its predicted speedup, the profile and cost model used, or why it fell back)."""
+        out = {"name": self.name, "options": {k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in self.config.items()}}
+        if self.planned is not None:
+            out["plan"] = self.planned.record
+        return out
+
+    def profile_file(self) -> Path:
+        """Where this method's acceptance profile lives by default (training-free methods: per
+        model; a trained drafter overrides it: beside its checkpoint)."""
+        return CHECKPOINT_ROOT / self.model_key / f"{self.name}.profile.json"
+
+    def draft_cost_key(self) -> str | None:
+        """The name of this method's draft operation in a cost model's "drafts", or None when it
+        drafts inside the target forward (or not at all)."""
+        return None
+
+    def draft_probe(self):
+        """A zero-argument callable doing one draft operation, for timing (see draft_cost_key)."""
+        raise NotImplementedError
 
     # -- the decoding hooks ------------------------------------------------------------------
     def begin(self, prompt_ids: list[int]) -> None:

@@ -1,0 +1,138 @@
+"""What a drafting method needs to choose its draft shape when asked for `auto` (the default): its
+acceptance profile (measured on the tuning sets by `spec-harness tune profile METHOD`), the cost
+model of the hardware (harness/core/costmodel.py), and the planner (harness/core/planner.py).
+
+No profile, or a given cost model without a draft cost the method needs: the method's static
+default is used and the reason recorded; a run never fails for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.core import costmodel
+from harness.core.method import AUTO, MethodError, Option
+from harness.core.planner import (
+    Choice,
+    best,
+    chain_choices,
+    expected_ratio,
+    grid_choices,
+)
+
+PLANNING_OPTIONS = (
+    Option("costmodel", "str", "", "cost-model JSON to plan `auto` shapes for (another machine's, e.g. "
+                                   "results/costmodel/*.json); empty = this machine's, measured once and cached"),
+    Option("profile", "str", "", "acceptance profile JSON for `auto` (default: the method's own, "
+                                 "from `spec-harness tune profile`)"),
+)
+FAMILIES = {"tree": ("paths", "p"), "chain": ("drafted_at_least", "accepted_at_least"), "grid": ("points",)}
+
+
+class NoDraftCost(LookupError):
+    """A given cost model lacks a draft cost the method needs (raised by a method's cost function)."""
+
+
+@dataclass
+class Planned:
+    """The shape a method uses and the record describe() adds to the manifest."""
+
+    shape: Any
+    record: dict
+
+
+def check_options(name: str, config: dict) -> None:
+    """A given cost model or profile must exist (checked before any model is loaded)."""
+    for key in ("costmodel", "profile"):
+        if config.get(key) and not Path(config[key]).is_file():
+            raise MethodError(f"{name}.{key}: no such file {config[key]}")
+
+
+def read_profile(path: Path, family: str) -> dict | None:
+    """The profile at `path` if it exists and is of `family`; None when absent; MethodError when
+    it is not a profile of that family."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise MethodError(f"{path} is not an acceptance profile: {err}") from None
+    if data.get("family") != family or not any(k in data for k in FAMILIES[family]):
+        raise MethodError(f"{path} is not a {family} acceptance profile (family {data.get('family')!r})")
+    return data
+
+
+def static(shape: Any, label: str, why: str) -> Planned:
+    return Planned(shape, {"auto": True, "chosen": label, "fallback": why})
+
+
+def plan_shape(method, family: str, fallback: tuple[Any, str],
+               choices: Callable[[dict, costmodel.CostModel], list[Choice]]) -> Planned:
+    """The shape `method` uses for `auto`: the best of `choices(profile, cost model)`, or
+    `fallback` (shape, label) with the reason when it cannot plan."""
+    path = Path(method.config.get("profile") or method.profile_file())
+    profile = read_profile(path, family)
+    if profile is None:
+        return static(*fallback, f"no acceptance profile at {path} (measure one with `spec-harness tune profile "
+                                 f"{method.name}`): static default")
+    try:
+        cost = costmodel.for_engine(method.engine, method.model_key, method.config.get("costmodel", ""),
+                                    f"{method.name}'s auto draft shape")
+    except costmodel.CostModelError as err:
+        raise MethodError(f"{method.name}.costmodel: {err}") from None
+    try:
+        options = choices(profile, cost)
+    except NoDraftCost as err:
+        return static(*fallback, f"{err}: static default")
+    if not options:
+        return static(*fallback, f"the profile at {path} offers no shape for these options: static default")
+    chosen = best(options)
+    record = {"auto": True, "chosen": chosen.label, "predicted_speedup": round(chosen.speedup, 4),
+              "tokens_per_step": round(chosen.expected, 4), "cost_per_step": round(chosen.cost, 4),
+              "profile": str(path), "costmodel": cost.describe()}
+    if chosen.speedup < 1.0:
+        record["note"] = "no draft shape is predicted faster than autoregressive decoding on this cost model"
+    return Planned(chosen.shape, record)
+
+
+def draft_cost(cost: costmodel.CostModel, key: str, probe: Callable[[], Callable[[], object]]) -> float:
+    """The draft cost `key` from the cost model (measured into this machine's cache if missing);
+    NoDraftCost when a given file lacks it."""
+    value = cost.draft(key, probe)
+    if value is None:
+        raise NoDraftCost(f"the cost model {cost.path} has no draft cost {key!r} (add it with "
+                          f"`spec-harness costmodel --drafts` on that machine)")
+    return value
+
+
+def chain_k(method, static_k: int, per_token: Callable[[costmodel.CostModel], float] = lambda cost: 0.0) -> int:
+    """A chain drafter's k: the option's value, or, when it is auto, the k whose expected tokens
+    per step over E[c(1 + drafted)] + k * per_token (a draft forward per token) is highest."""
+    if method.config["k"] != AUTO:
+        return method.config["k"]
+
+    def choices(profile: dict, cost: costmodel.CostModel) -> list[Choice]:
+        each = per_token(cost)
+        return chain_choices(profile, lambda k, rows: expected_ratio(cost.ratio, rows) + k * each)
+
+    method.planned = plan_shape(method, "chain", (static_k, f"k={static_k}"), choices)
+    return method.planned.shape
+
+
+def grid_point(method, fixed: dict, fallback: dict,
+               per_draft: Callable[[costmodel.CostModel], float] = lambda cost: 0.0) -> dict:
+    """Option values from a grid profile: of the measured points agreeing with `fixed` (the
+    options given explicitly), the one with the highest tokens per step over c(rows per forward)
+    + draft forwards per step * per_draft; `fallback` (with `fixed`) when it cannot plan."""
+    static_point = {**fallback, **fixed}
+
+    def choices(profile: dict, cost: costmodel.CostModel) -> list[Choice]:
+        each = per_draft(cost)
+        return grid_choices(profile, lambda p: cost.ratio(p["positions"]) + p.get("draft_forwards", 0.0) * each, fixed)
+
+    label = " ".join(f"{k}={v}" for k, v in static_point.items())
+    method.planned = plan_shape(method, "grid", (static_point, label), choices)
+    return {**static_point, **method.planned.shape}

@@ -1,0 +1,176 @@
+"""Acceptance profiles (`spec-harness tune profile METHOD`): what a method's drafts are worth, the
+half of planning an `auto` draft shape that does not depend on the hardware (harness/core/planner.py
+has the other half, the cost model).
+
+Measured by decoding the tuning sets (GSM8K train and XSum validation read from their end: never a
+test set, never the drafters' training prompts) with the shared loop. Only decoding statistics are
+kept, no timing, so a profile can be measured on any machine, busy or not. Per family:
+
+- tree (FIRP, Medusa): decoded with a chain as deep as the drafter drafts; at every step the
+  drafter's top-R candidates of each draft step are kept (they do not depend on the tree: they
+  come from the accepted node's own state), and after the turn compared with the tokens the
+  target produced. `paths` = the share of steps whose true tokens are candidates (a, b, ...) of
+  steps 1, 2, ...: the measured acceptance probability of that tree node, no independence
+  assumed. `p[d][r]` (Sequoia's positional acceptance, for reading) = P(the true token of step
+  d + 1 is its rank-r candidate | the true tokens of the earlier steps were all among their top R).
+- chain (pld, sps): decoded with k = profile_k_max; P(drafted >= i) and P(accepted >= i) per
+  step. A chain of k < k_max drafts the first min(k, drafted) of these tokens (prefix drafters),
+  so its acceptance follows; the steps land where the k_max run put them.
+- grid (lookahead, eagle): every point of the method's profile_grid decoded; tokens committed per
+  step (1 + accepted), rows per forward and draft forwards per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import methods as registry
+from harness.bench import results
+from harness.bench.data import TUNING_SETS, chat_prompt, load_samples
+from harness.core.decoding import Decoded, decode
+from harness.core.engine import Engine
+from harness.core.planner import path_key
+
+ROOM = 256  # KV slots past prompt + budget (the runner's slack)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    num_prompts: int = 16  # split evenly over the two tuning sets
+    max_new_tokens: int = 128
+
+
+def tuning_prompts(lm, per_set: int) -> list[list[int]]:
+    """The first `per_set` prompts of each tuning set, alternately, as chat-template ids."""
+    sets = [[chat_prompt(lm.tokenizer, s.turns[:1], []) for s in load_samples(name, per_set)] for name in TUNING_SETS]
+    return [p for group in zip(*sets) for p in group]
+
+
+class Decoder:
+    """Decodes the tuning prompts with one method after another (one cache, the model's EOS)."""
+
+    def __init__(self, lm, cfg: ProfileConfig, progress: bool = True):
+        self.lm, self.cfg, self.progress = lm, cfg, progress
+        self.engine = Engine(lm.model)
+        self.prompts = tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))
+        self.cache = self.engine.new_cache(max(map(len, self.prompts)) + cfg.max_new_tokens + ROOM)
+        eos = lm.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) | {lm.tokenizer.eos_token_id} - {None}
+
+    def method(self, name: str, options: dict):
+        self.last = registry.get(name)(self.engine, self.lm.key, **options)
+        return self.last
+
+    def turns(self, method, label: str = ""):
+        """(prompt, Decoded) per tuning prompt."""
+        from tqdm import tqdm
+
+        for prompt in tqdm(self.prompts, desc=f"profile {method.name} {label}".strip(), unit="prompt",
+                           disable=not self.progress, leave=False):
+            yield prompt, decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
+
+
+def step_ranks(candidates: list[list[int]], future: list[int]) -> list[int | None]:
+    """Rank of each true future token among its step's candidates (None: not among them)."""
+    return [row.index(tok) if tok in row else None for row, tok in zip(candidates, future)]
+
+
+def count_tree_steps(recorded: list, out: Decoded, paths: Counter, reach: Counter, hits: Counter) -> int:
+    """Add one turn's steps to the counters (paths: path -> steps; reach[d]: steps whose first d
+    true tokens were candidates; hits[(d, r)]); returns the steps counted (those with all K future
+    tokens produced)."""
+    output, counted, pending = out.output_ids, 0, -1
+    for cands, committed in zip(recorded, out.accept_lengths):
+        pending += committed  # index of the pending token the candidates continue
+        K = len(cands)
+        if pending + K >= len(output):
+            break
+        counted += 1
+        prefix: tuple[int, ...] = ()
+        for d, rank in enumerate(step_ranks(cands, output[pending + 1:pending + 1 + K])):
+            reach[d] += 1
+            if rank is None:
+                break
+            hits[(d, rank)] += 1
+            prefix += (rank,)
+            paths[prefix] += 1
+    return counted
+
+
+def tree_profile(dec: Decoder, name: str, options: dict) -> dict:
+    from harness.core.drafter import PROFILE_RANKS
+
+    method = dec.method(name, {**options, "tree": "chain"})
+    paths, reach, hits, steps = Counter(), Counter(), Counter(), 0
+    method.recorded = []
+    for _, out in dec.turns(method):
+        recorded, method.recorded = method.recorded, []
+        if recorded:
+            host = dec.engine.host(torch.stack(recorded))  # [steps, K, R]: one read per turn
+            steps += count_tree_steps(host, out, paths, reach, hits)
+    if not steps:
+        raise ValueError("no decoding step had all its future tokens: raise --max-new-tokens")
+    depth = method.module.steps
+    p = [[round(hits[(d, r)] / reach[d], 5) if reach[d] else 0.0 for r in range(PROFILE_RANKS)] for d in range(depth)]
+    return {"depth": depth, "ranks": PROFILE_RANKS, "steps": steps, "p": p,
+            "paths": {path_key(q): round(c / steps, 6) for q, c in sorted(paths.items())},
+            "measured_with": method.describe()}
+
+
+def chain_profile(dec: Decoder, name: str, options: dict) -> dict:
+    k_max = registry.get(name).profile_k_max
+    method = dec.method(name, {**options, "k": k_max})
+    drafted, accepted = [], []
+    for _, out in dec.turns(method):
+        drafted += out.draft_sizes[1:]  # the prefill drafts nothing
+        accepted += out.accepted
+    steps = len(accepted)
+    if not steps:
+        raise ValueError("no decoding step: raise --max-new-tokens")
+    share = lambda values, i: round(sum(v >= i for v in values) / steps, 6)  # noqa: E731
+    return {"k_max": k_max, "steps": steps,
+            "drafted_at_least": [share(drafted, i) for i in range(1, k_max + 1)],
+            "accepted_at_least": [share(accepted, i) for i in range(1, k_max + 1)],
+            "measured_with": method.describe()}
+
+
+def grid_profile(dec: Decoder, name: str, options: dict) -> dict:
+    points = []
+    for point in registry.get(name).profile_grid:
+        method = dec.method(name, {**options, **point})
+        steps = accepted = positions = drafts = 0
+        for _, out in dec.turns(method, " ".join(f"{k}={v}" for k, v in point.items())):
+            steps += len(out.accepted)
+            accepted += sum(out.accepted)
+            positions += sum(out.positions[1:])  # the prefill's rows excluded
+            drafts += out.draft_forwards
+        if steps:
+            points.append({"options": dict(point), "steps": steps, "tokens_per_step": round(1 + accepted / steps, 5),
+                           "positions": round(positions / steps, 4), "draft_forwards": round(drafts / steps, 4)})
+    if not points:
+        raise ValueError("no decoding step: raise --max-new-tokens")
+    return {"points": points}
+
+
+FAMILIES = {"tree": tree_profile, "chain": chain_profile, "grid": grid_profile}
+
+
+def measure_profile(name: str, lm, cfg: ProfileConfig, options: dict | None = None,
+                    progress: bool = True) -> tuple[dict, Path]:
+    """The acceptance profile of method `name` (with these options besides the shape) on the
+    tuning sets, JSON-ready, with what it was measured on; and where the method looks for it."""
+    cls = registry.get(name)
+    if cls.profile_family not in FAMILIES:
+        planners = ", ".join(n for n in registry.names() if registry.get(n).profile_family)
+        raise ValueError(f"{name} has no draft shape to plan; methods with profiles: {planners}")
+    dec, t0 = Decoder(lm, cfg, progress), time.time()
+    data = FAMILIES[cls.profile_family](dec, name, dict(options or {}))
+    profile = {"method": name, "family": cls.profile_family, "model": lm.key, **data,
+               "budget": {**asdict(cfg), "prompts": len(dec.prompts), "sources": list(TUNING_SETS)},
+               "seconds": round(time.time() - t0, 1), **results.base_manifest(lm.device)}
+    return profile, dec.last.profile_file()

@@ -1,0 +1,27 @@
+"""Integration on the embedded model: FIRP's `auto` tree, planned for the committed CPU cost model
+from a hand-made profile (the planned tree mixes ranks and depths), decodes exactly as the
+autoregressive baseline on real samples of all three datasets."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_integration_lossless import decode_like_ar, prompts  # noqa: F401  (the fixture)
+
+import methods as registry
+from harness.core.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+COST = sorted((Path(__file__).resolve().parent.parent / "results" / "costmodel").glob("*-cpu-float32.json"))[0]
+TREE = {"family": "tree", "depth": 3, "ranks": 3, "p": [[0.6, 0.2, 0.1], [0.6, 0.25, 0.1], [0.6, 0.2, 0.1]]}
+
+
+def test_auto_tree_is_lossless_on_real_text(real, prompts, tmp_path):  # noqa: F811
+    path = tmp_path / "firp.profile.json"
+    path.write_text(json.dumps(TREE))
+    drafter = registry.get("firp")(Engine(real.model), real.key, profile=str(path), costmodel=str(COST))
+    plan = drafter.describe()["plan"]
+    assert plan["costmodel"]["path"] == str(COST) and plan["predicted_speedup"] > 0, plan
+    assert {len(p) for p in drafter.shape.paths} == {1, 2, 3} and drafter.shape.topk > 1, plan["chosen"]
+    assert decode_like_ar(real, prompts, drafter, f"firp auto: {plan['chosen']}") > 0

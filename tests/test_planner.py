@@ -1,0 +1,124 @@
+"""The draft-shape planner (pure arithmetic): greedy trees keep parents and grow nested, a flat
+cost model buys larger drafts than this CPU's measured one, a steep one falls back to the smallest
+draft (predicted slower than autoregressive), chains and grids, determinism."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.core import costmodel
+from harness.core.planner import (
+    best,
+    chain_choices,
+    expected_ratio,
+    greedy_tree,
+    grid_choices,
+    layered_cost,
+    path_probability,
+    tree_choices,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = costmodel.read(sorted((ROOT / "results" / "costmodel").glob("*-cpu-float32.json"))[0])  # this CPU's
+FLAT = {"n": [1, 64], "ratio": [1.0, 1.0]}
+STEEP = {"n": [1, 2, 64], "ratio": [1.0, 2.0, 64.0]}  # c(n) = n c(1): no row is free
+TREE = {"family": "tree", "depth": 3, "ranks": 4,
+        "p": [[0.7, 0.15, 0.05, 0.02], [0.6, 0.15, 0.05, 0.02], [0.5, 0.15, 0.05, 0.02]]}
+CHAIN = {"family": "chain", "drafted_at_least": [0.6] * 12,  # a match 60% of the time, each token 60% likely
+         "accepted_at_least": [round(0.45 * 0.6 ** i, 4) for i in range(12)]}
+
+
+def ratio(cost):
+    return lambda n: costmodel.ratio_at(cost, n)
+
+
+def firp_like(cost):
+    """FIRP's rows: n nodes below layer 2 of 4, n more per step from there."""
+    return lambda paths: layered_cost(ratio(cost), [(0, len(paths) + 1), (2, 2 * (len(paths) + 1))], 4)
+
+
+def test_greedy_tree_keeps_parents_grows_nested_and_follows_path_probability():
+    prob = path_probability(TREE)
+    nodes = greedy_tree(prob, depth=3, ranks=4, max_nodes=30)
+    paths = [p for p, _ in nodes]
+    assert all(p[:-1] == () or p[:-1] in paths[:i] for i, p in enumerate(paths))  # parent before child
+    assert paths[:3] == [(0,), (0, 0), (0, 0, 0)]  # 0.7, 0.42, 0.21 beat (1,) at 0.15
+    assert [p for p, _ in greedy_tree(prob, 3, 4, 5)] == paths[:5]  # size s+1 extends size s
+    assert max(map(len, paths)) <= 3 and max(max(p) for p in paths) <= 3
+    assert nodes[1][1] == pytest.approx(0.7 * 0.6)
+
+
+def test_measured_path_frequencies_replace_the_factorised_model():
+    profile = {"family": "tree", "depth": 2, "ranks": 2, "paths": {"0": 0.5, "1": 0.3, "0.0": 0.1, "1.0": 0.25}}
+    paths = [p for p, _ in greedy_tree(path_probability(profile), 2, 2, 10)]
+    assert paths == [(0,), (1,), (1, 0), (0, 0)]  # only measured paths, in measured order
+    choices = tree_choices(profile, depth=2, cost=lambda paths: 1.0)
+    assert [c.expected for c in choices] == pytest.approx([1.5, 1.8, 2.05, 2.15])
+
+
+def test_flat_cost_model_plans_a_larger_tree_than_this_cpu_and_steep_the_smallest():
+    sizes = {}
+    for name, cost in (("flat", FLAT), ("cpu", CPU), ("steep", STEEP)):
+        sizes[name] = best(tree_choices(TREE, 3, firp_like(cost), max_nodes=32))
+    assert len(sizes["flat"].shape) > len(sizes["cpu"].shape) >= 1
+    assert len(sizes["flat"].shape) == 32  # every node helps when rows are free
+    assert len(sizes["steep"].shape) == 1 and sizes["steep"].speedup < 1.0
+    assert sizes["flat"].speedup > sizes["cpu"].speedup
+
+
+def test_chain_planning_flat_cpu_steep():
+    picks = {name: best(chain_choices(CHAIN, lambda k, rows, c=cost: expected_ratio(ratio(c), rows)))
+             for name, cost in (("flat", FLAT), ("cpu", CPU), ("steep", STEEP))}
+    assert picks["flat"].shape == 12 and picks["steep"].shape == 1
+    assert picks["flat"].shape > picks["cpu"].shape
+    assert picks["steep"].speedup < 1.0
+
+
+def test_chain_arithmetic():
+    profile = {"drafted_at_least": [0.5, 0.5], "accepted_at_least": [0.4, 0.2]}
+    seen = []
+    choices = chain_choices(profile, lambda k, rows: seen.append(rows) or 1.0 + k)
+    assert seen == [pytest.approx([0.5, 0.5]), pytest.approx([0.5, 0.0, 0.5])]  # P(1 + j rows)
+    assert [c.expected for c in choices] == pytest.approx([1.4, 1.6])
+    assert expected_ratio(lambda n: n, [0.5, 0.0, 0.5]) == pytest.approx(0.5 * 1 + 0.5 * 3)
+
+
+def test_grid_planning_filters_fixed_options_and_prefers_the_first_of_equals():
+    profile = {"points": [{"options": {"depth": 2, "total": 4}, "tokens_per_step": 2.0, "positions": 5},
+                          {"options": {"depth": 3, "total": 4}, "tokens_per_step": 2.0, "positions": 5},
+                          {"options": {"depth": 3, "total": 8}, "tokens_per_step": 2.6, "positions": 9,
+                           "draft_forwards": 3}]}
+    cost = lambda p: p["positions"] / 5 + p.get("draft_forwards", 0) * 0.1  # noqa: E731
+    assert best(grid_choices(profile, cost)).shape == {"depth": 2, "total": 4}  # 2.0 vs 2.6 / 2.1
+    assert best(grid_choices(profile, lambda p: 1.0)).shape == {"depth": 3, "total": 8}
+    assert [c.shape["total"] for c in grid_choices(profile, cost, {"depth": 3})] == [4, 8]
+
+
+def test_layered_cost_charges_each_layer_range_its_share():
+    assert layered_cost(lambda n: n, [(0, 2), (3, 6)], 4) == pytest.approx(0.75 * 2 + 0.25 * 6)
+    assert layered_cost(lambda n: n, [(0, 2), (3, 4), (3, 6)], 4) == pytest.approx(0.75 * 2 + 0.25 * 6)
+
+
+def test_planning_is_deterministic():
+    runs = [best(tree_choices(json.loads(json.dumps(TREE)), 3, firp_like(CPU))) for _ in range(3)]
+    assert all(r == runs[0] for r in runs)
+    tie = {"family": "tree", "depth": 1, "ranks": 3, "p": [[0.3, 0.3, 0.3]]}
+    assert [p for p, _ in greedy_tree(path_probability(tie), 1, 3, 2)] == [(0,), (1,)]
+
+
+def test_cost_model_files_are_checked(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"n": [2, 4], "ratio": [1.0, 1.2]}))
+    with pytest.raises(costmodel.CostModelError, match="rise from 1"):
+        costmodel.read(bad)
+    with pytest.raises(costmodel.CostModelError, match="not a cost-model JSON"):
+        costmodel.read(tmp_path / "missing.json")
+
+
+def test_planning_reads_a_non_decreasing_cost_curve():
+    assert costmodel.monotone([1.0, 1.45, 1.84, 1.69, 1.67, 1.95]) == pytest.approx(
+        [1.0, 1.45, (1.84 + 1.69 + 1.67) / 3, (1.84 + 1.69 + 1.67) / 3, (1.84 + 1.69 + 1.67) / 3, 1.95])
+    cost = costmodel.CostModel({"n": [1, 2, 3, 4], "ratio": [1.0, 1.5, 1.3, 2.0]}, Path("x.json"), True)
+    assert cost.ratio(2) == cost.ratio(3) == pytest.approx(1.4) and cost.ratio(4) == 2.0
+    assert cost.data["ratio"] == [1.0, 1.5, 1.3, 2.0]  # the file's numbers stay as measured
