@@ -46,6 +46,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from harness.core.checkpoint import shown_path
 from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.drafter import frozen_module, load_frozen
 from harness.core.engine import Context, Engine, KVCache
@@ -199,7 +200,7 @@ class Eagle(Method):
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update(weights=str(self.weights), module=self.head.config(),
+        out.update(weights=shown_path(self.weights), module=self.head.config(),
                    training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
         return out
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core.checkpoint import shown_path
 from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.engine import Engine, KVCache
 from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option
@@ -79,7 +80,7 @@ def load_draft(engine: Engine, model_key: str, spec: str, name: str = "sps") -> 
                               f"`spec-harness train sps-draft --model <model>` or pass --method-arg {name}.draft=ID|DIR")
         draft = load_draft_checkpoint(engine, own, model_key, name)
         training = {k: draft.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")}
-        return draft.lm, {"source": str(own), "layers": list(draft.source_layers), "training": training}
+        return draft.lm, {"source": shown_path(own), "layers": list(draft.source_layers), "training": training}
     from transformers import AutoModelForCausalLM
 
     try:

@@ -22,6 +22,16 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt or written for another method."""
 
 
+def shown_path(path) -> str:
+    """`path` as a manifest records it: relative to the working directory when inside it, so two
+    checkouts of one commit describe the same weights alike (and regress does not flag the move)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def save_checkpoint(path: Path, module: torch.nn.Module, sidecar: dict) -> None:
     """Weights (on the CPU) as safetensors; the sidecar dict as JSON beside them. Stored in fp32,
     or in the module's `storage_dtype` (a large drafter keeps the repository small enough to travel

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness.core.checkpoint import shown_path
 from harness.core.decoding import synchronize
 from harness.core.engine import Engine
 from harness.core.modelload import cache_root
@@ -188,7 +189,7 @@ class CostModel:
 
     def describe(self) -> dict:
         keep = ("model", "device", "dtype", "hardware", "created")
-        return {"path": str(self.path), "source": "given" if self.given else "cache",
+        return {"path": shown_path(self.path), "source": "given" if self.given else "cache",
                 **{k: self.data[k] for k in keep if k in self.data}}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from harness.core.checkpoint import CheckpointError, load_checkpoint
+from harness.core.checkpoint import CheckpointError, load_checkpoint, shown_path
 from harness.core.engine import Engine, KVCache
 from harness.core.method import AUTO, Method, MethodError, Option
 from harness.core.planner import Choice, tree_choices
@@ -111,7 +111,7 @@ class TreeDrafter(Method):
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update(weights=str(self.weights), module=self.module.config(), tree_nodes=self.shape.size - 1,
+        out.update(weights=shown_path(self.weights), module=self.module.config(), tree_nodes=self.shape.size - 1,
                    training={k: self.sidecar.get(k) for k in ("data", "train_seconds", "heldout_top1", "commit")})
         return out
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.core.checkpoint import shown_path
 from harness.core import costmodel
 from harness.core.method import AUTO, MethodError, Option
 from harness.core.planner import (
@@ -76,7 +77,7 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
     path = Path(method.config.get("profile") or method.profile_file())
     profile = read_profile(path, family)
     if profile is None:
-        return static(*fallback, f"no acceptance profile at {path} (measure one with `spec-harness tune profile "
+        return static(*fallback, f"no acceptance profile at {shown_path(path)} (measure one with `spec-harness tune profile "
                                  f"{method.name}`): static default")
     try:
         cost = costmodel.for_engine(method.engine, method.model_key, method.config.get("costmodel", ""),
@@ -88,11 +89,11 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
     except NoDraftCost as err:
         return static(*fallback, f"{err}: static default")
     if not options:
-        return static(*fallback, f"the profile at {path} offers no shape for these options: static default")
+        return static(*fallback, f"the profile at {shown_path(path)} offers no shape for these options: static default")
     chosen = best(options)
     record = {"auto": True, "chosen": chosen.label, "predicted_speedup": round(chosen.speedup, 4),
               "tokens_per_step": round(chosen.expected, 4), "cost_per_step": round(chosen.cost, 4),
-              "profile": str(path), "costmodel": cost.describe()}
+              "profile": shown_path(path), "costmodel": cost.describe()}
     if chosen.speedup < 1.0:
         record["note"] = "no draft shape is predicted faster than autoregressive decoding on this cost model"
     return Planned(chosen.shape, record)
