@@ -58,7 +58,7 @@ from harness.core.planning import (
     grid_point,
 )
 from harness.core.tree import Tree
-from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
+from harness.train.training import Batch, gather_rows, step_losses, teacher_final
 from methods.eagle_released import released_head
 from methods.eagle_tree import DraftTree
 
@@ -81,6 +81,7 @@ class EagleHead(nn.Module):
     kind = "eagle"
     storage_dtype = torch.float16  # a few million weights: half the bytes in the repository
     steps = 1  # trained teacher-forced, one feature ahead
+    reads_final_only = True  # training caches the target's last-layer output per sequence (FinalCache)
 
     def __init__(self, engine: Engine, config: dict, loss: dict | None = None):
         super().__init__()
@@ -123,7 +124,7 @@ class EagleHead(nn.Module):
         smooth L1 on the feature + KL of the decoded draft to the target's distribution."""
         (B, T), w = batch.ids.shape, self.loss_weights
         with torch.no_grad():
-            feats = engine.norm(teacher_pass(engine, batch.ids).final)  # [B, T, d]
+            feats = engine.norm(teacher_final(engine, batch))  # [B, T, d]
         inputs = feats[:, :-1]
         if torch.is_grad_enabled() and w["noise"]:  # training only (evaluation runs without grad)
             inputs = inputs + (torch.rand_like(inputs) - 0.5) * w["noise"] * 512 / inputs.shape[-1]

@@ -30,7 +30,7 @@ from harness.core.method import MethodError
 from harness.core.planner import Path as TreePath
 from harness.core.planning import draft_cost
 from harness.core.tree import Tree
-from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
+from harness.train.training import Batch, gather_rows, step_losses, teacher_final, teacher_pass
 
 
 class MedusaHeads(nn.Module):
@@ -62,6 +62,11 @@ class MedusaHeads(nn.Module):
     def steps(self) -> int:
         return self.heads
 
+    @property
+    def reads_final_only(self) -> bool:
+        """On the last layer, training caches the target's output per sequence (FinalCache)."""
+        return self.layer is None
+
     def config(self) -> dict:
         deeper = {"layers": self.layers} if self.layers != 1 else {}
         return {"heads": self.steps, "separate_lm_head": self.separate, "layer": self.layer, **deeper}
@@ -83,12 +88,15 @@ class MedusaHeads(nn.Module):
         """Head k at position t against the frozen model's distribution at t + k (the position
         whose next token it drafts), KL summed over heads."""
         K, (B, T) = self.steps, batch.ids.shape
-        tp = teacher_pass(engine, batch.ids, () if self.layer is None else (self.layer,))
-        source = tp.final if self.layer is None else tp.hidden_at[self.layer]
+        if self.layer is None:
+            final = source = teacher_final(engine, batch)  # [B, T, d]
+        else:
+            tp = teacher_pass(engine, batch.ids, (self.layer,))
+            final, source = tp.final, tp.hidden_at[self.layer]
         target = batch.hang[:, None, :] + torch.arange(1, K + 1, device=batch.ids.device)[None, :, None]  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         with torch.no_grad():
-            teacher = engine.logits(gather_rows(tp.final, target.clamp(max=T - 1).view(B, -1))).view(*target.shape, -1)
+            teacher = engine.logits(gather_rows(final, target.clamp(max=T - 1).view(B, -1))).view(*target.shape, -1)
             normed = engine.norm(gather_rows(source, batch.hang))  # [B, m, d]
         return step_losses(teacher, self(normed).transpose(0, 1), ok)  # heads: [K, B, m, V]
 

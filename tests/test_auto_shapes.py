@@ -102,6 +102,20 @@ def test_flat_cost_model_buys_a_larger_tree_than_a_steep_one(engine, tmp_path):
     assert flat.describe()["plan"]["costmodel"]["source"] == "given"
 
 
+def test_step_overheads_are_added_in_units_of_the_baseline_step_and_buy_larger_drafts(engine, tmp_path):
+    write(tmp_path / "firp.profile.json", TREE)
+    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0]}
+    bare = firp(engine, tmp_path, costmodel=write(tmp_path / "bare.json", curve)).describe()["plan"]
+    loaded = firp(engine, tmp_path, costmodel=write(tmp_path / "o.json", {**curve, "overheads": {"ar": 0.1, "firp": 2.0}}))
+    plan = loaded.describe()["plan"]
+    assert "overhead" in bare and "overhead_per_step" not in bare  # says it is missing
+    assert (plan["overhead_per_step"], plan["baseline_overhead"]) == (2.0, 0.1)
+    assert plan["cost_per_step"] == pytest.approx((plan["forward_and_draft_cost"] + 2.0) / 1.1, abs=1e-3)
+    assert plan["predicted_speedup"] == pytest.approx(plan["tokens_per_step"] / plan["cost_per_step"], abs=1e-3)
+    assert int(plan["chosen"].split()[0]) > int(bare["chosen"].split()[0])  # a fixed cost per step: more per step pays
+    assert plan["predicted_speedup"] < bare["predicted_speedup"]
+
+
 @pytest.mark.parametrize("build,profile,check", [
     (lambda e, t, **o: PromptLookup(e, "tiny", profile=write(t / "p.json", CHAIN), **o), CHAIN,
      lambda m: m.k == 8),

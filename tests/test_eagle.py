@@ -155,3 +155,23 @@ def test_training_reduces_the_loss(engine):
     assert len(record["heldout_top1"]) == 1
     assert set(head.state_dict()) >= {"fc.weight", "fc.bias", "layers.0.self_attn.q_proj.weight"}
     assert not any(k.startswith(("embed", "lm_head")) or "input_layernorm" in k for k in head.state_dict())
+
+
+def test_cached_teacher_rows_give_the_same_loss_and_run_the_teacher_once_per_sequence(engine, monkeypatch):
+    from helpers import random_sequences
+
+    from harness.train.training import FinalCache, make_batch
+
+    torch.manual_seed(0)
+    head, seqs = EagleHead(engine, target_shapes(engine)), random_sequences(8)
+    cfg = TrainConfig(batch=4, positions=16, max_len=64)
+    cache, calls, capture = FinalCache(engine), [], engine.capture_pass
+    monkeypatch.setattr(engine, "capture_pass", lambda ids, *a: calls.append(ids.shape[0]) or capture(ids, *a))
+    with torch.no_grad():
+        for _ in range(2):  # the second round finds every sequence cached
+            for part in (seqs[:4], seqs[2:6]):
+                direct = float(head.loss(engine, make_batch(part, cfg, random.Random(1)))[0])
+                cached = float(head.loss(engine, cache.fill(make_batch(part, cfg, random.Random(1)), part))[0])
+                assert cached == pytest.approx(direct, rel=1e-5)
+    uncached_rows = 4 * 4  # the plain batches: 4 batches of 4 sequences
+    assert sum(calls) == uncached_rows + 6  # the cache ran the teacher on the 6 distinct sequences, once each

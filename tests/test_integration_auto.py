@@ -26,3 +26,13 @@ def test_auto_tree_is_lossless_on_real_text(real, prompts, tmp_path):  # noqa: F
     assert plan["costmodel"]["path"] == shown_path(COST) and plan["predicted_speedup"] > 0, plan
     assert {len(p) for p in drafter.shape.paths} == {1, 2, 3} and drafter.shape.topk > 1, plan["chosen"]
     assert decode_like_ar(real, prompts, drafter, f"firp auto: {plan['chosen']}") > 0
+
+
+def test_step_overheads_are_measured_against_what_the_plan_charges(real):
+    from harness.analysis.plans import step_overheads
+
+    got = step_overheads(real, ["pld"], {}, str(COST), prompts=2, max_new_tokens=16, progress=False)
+    assert set(got) == {"ar", "pld"}
+    # the baseline's step is one forward of one row plus the loop: close to c(1), never far below
+    assert -0.3 < got["ar"] < 1.0, got
+    assert -1.0 < got["pld"] < 3.0, got

@@ -1,5 +1,5 @@
-"""Planned draft shapes without decoding (`spec-harness plan`), and the draft costs a cost model
-holds besides c(n) (`spec-harness costmodel --drafts`).
+"""Planned draft shapes without decoding (`spec-harness plan`), and what a cost model holds besides
+c(n) (`spec-harness costmodel --drafts`): draft costs and each method's per-step loop overhead.
 
 Each method is built as a run would build it (its `auto` shape planned from its acceptance profile
 and the cost model given, or this machine's); what it chose, or why it fell back, is its plan
@@ -8,9 +8,16 @@ record (harness/core/planning.py).
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
 import methods as registry
-from harness.core.costmodel import draft_ratio
+from harness.core.costmodel import draft_ratio, read
+from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
+from harness.train.profile import Decoder, ProfileConfig
 
 
 def planners(model_key: str) -> list[str]:
@@ -44,8 +51,9 @@ def render(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if "predicted_speedup" in r:
+            unit = "baseline steps" if "overhead_per_step" in r else "c(1)"
             lines.append(f"{r['method']:<12} predicted {r['predicted_speedup']:.2f}x  "
-                         f"({r['tokens_per_step']:.2f} tokens/step at {r['cost_per_step']:.2f} c(1))  {r['chosen']}")
+                         f"({r['tokens_per_step']:.2f} tokens/step at {r['cost_per_step']:.2f} {unit})  {r['chosen']}")
             if r.get("note"):
                 lines.append(f"{'':<12} note: {r['note']}")
         else:
@@ -80,3 +88,35 @@ def draft_costs(engine: Engine, model_key: str, names: list[str], method_args: d
         if key is not None:
             out[key] = round(draft_ratio(engine, method.draft_probe()), 4)
     return out
+
+
+def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str, prompts: int = 2,
+                   max_new_tokens: int = 64, progress: bool = True) -> dict[str, float]:
+    """Per method (and "ar"), its measured time per decoding step minus what the cost model at
+    `costmodel_path` charges for the shape it plans (target forward + drafting), in units of c(1):
+    the decode loop's own work, which the planner then adds to every shape. Decoded greedily on
+    `prompts` tuning-set prompts (training splits) after one untimed warm-up turn, on this machine.
+    Methods that cannot plan (no profile, a draft cost missing) are left out."""
+    dec = Decoder(lm, ProfileConfig(num_prompts=prompts, max_new_tokens=max_new_tokens), progress=False)
+    c1, out = read(Path(costmodel_path))["seconds"][0], {}
+    for name in tqdm(["ar", *names], desc="step overheads", unit="method", disable=not progress):
+        args = {} if name == "ar" else {**method_args.get(name, {}), "costmodel": costmodel_path}
+        method = dec.method(name, args)
+        record = method.planned.record if method.planned is not None else {}
+        charged = 1.0 if name == "ar" else record.get("forward_and_draft_cost")
+        if charged is not None:
+            out[name] = round(_seconds_per_step(dec, method) / c1 - charged, 4)
+    return out
+
+
+def _seconds_per_step(dec, method) -> float:
+    """Mean wall time of a decoding step (prefill excluded) over the decoder's prompts."""
+    decode(method, dec.prompts[0], dec.cfg.max_new_tokens, dec.eos, dec.cache)  # warm-up, untimed
+    seconds, steps = 0.0, 0
+    for prompt in dec.prompts:
+        t0 = time.perf_counter()
+        out = decode(method, prompt, dec.cfg.max_new_tokens, dec.eos, dec.cache)
+        synchronize(method.engine.device)
+        seconds += time.perf_counter() - t0 - out.prefill_time
+        steps += len(out.accept_lengths) - 1
+    return seconds / max(1, steps)

@@ -50,6 +50,7 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
 @click.option("--drafts", default=None, metavar="METHODS",
               help="Also time these methods' draft operations (a head or draft-model forward, in units of c(1)) "
+                   "and their decode loop's overhead per step (on two tuning prompts, at the shape each plans) "
                    "for planning their auto shapes on this machine: comma-separated, or 'all'.")
 def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts) -> None:
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
@@ -59,30 +60,38 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts) -> None:
     try:
         n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
         result = cm.run(model, device, dtype, prefix, repeats, n_values)
+        path = out or cm.default_out(result)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
         if drafts:
-            result["drafts"] = _draft_costs(model, device, dtype, drafts)
+            _planning_costs(model, device, dtype, drafts, path, result)
     except _user_errors() as err:
         fail(err)
-    path = out or cm.default_out(result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, result)
     click.echo(f"{'n':>4} {'c(n) ms':>9} {'c(n)/c(1)':>10}")
     for n, sec, ratio in zip(result["n"], result["seconds"], result["ratio"]):
         click.echo(f"{n:>4} {1000 * sec:>9.2f} {ratio:>10.2f}")
     for key, ratio in result.get("drafts", {}).items():
         click.echo(f"draft {key}: {ratio:.3f} c(1)")
+    for key, ratio in result.get("overheads", {}).items():
+        click.echo(f"overhead {key}: {ratio:+.3f} c(1) per step")
     click.echo(f"wrote {path}")
 
 
-def _draft_costs(model: str, device: str, dtype: str | None, drafts: str) -> dict:
-    from harness.analysis.plans import draft_costs, planners
+def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, path: Path, result: dict) -> None:
+    """Adds the draft costs, then the step overheads at the shapes planned with them, to the cost
+    model written at `path` (rewritten after each)."""
+    from harness.analysis.plans import draft_costs, planners, step_overheads
+    from harness.bench.results import write_json
     from harness.cli.common import csv
     from harness.core.engine import Engine
     from harness.core.modelload import load_model
 
     lm = load_model(model, device, dtype)
     names = planners(lm.key) if drafts == "all" else csv(drafts)
-    return draft_costs(Engine(lm.model), lm.key, names, {})
+    result["drafts"] = draft_costs(Engine(lm.model), lm.key, names, {})
+    write_json(path, result)
+    result["overheads"] = step_overheads(lm, names, {}, str(path))
+    write_json(path, result)
 
 
 @click.command()

@@ -187,6 +187,14 @@ class CostModel:
             write(self.path, self.data)
         return float(drafts[key])
 
+    def overhead(self, key: str) -> float | None:
+        """Method `key`'s time per decoding step beyond what this model charges for its shape
+        (target forward + drafting), in units of c(1): the decode loop's own work (building trees
+        and masks, accepting, compacting the cache), measured by `spec-harness costmodel --drafts`
+        on this hardware ("ar": the baseline's). None when the file has none."""
+        value = self.data.get("overheads", {}).get(key)
+        return None if value is None else float(value)
+
     def describe(self) -> dict:
         keep = ("model", "device", "dtype", "hardware", "created")
         return {"path": shown_path(self.path), "source": "given" if self.given else "cache",

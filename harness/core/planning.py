@@ -9,7 +9,7 @@ default is used and the reason recorded; a run never fails for it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,13 +90,28 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
         return static(*fallback, f"{err}: static default")
     if not options:
         return static(*fallback, f"the profile at {shown_path(path)} offers no shape for these options: static default")
-    chosen = best(options)
+    adjusted, overheads = with_overheads(options, cost, method.name)
+    chosen = best(adjusted)
+    charged = options[adjusted.index(chosen)].cost  # forward + drafting of the chosen shape, in c(1)
     record = {"auto": True, "chosen": chosen.label, "predicted_speedup": round(chosen.speedup, 4),
               "tokens_per_step": round(chosen.expected, 4), "cost_per_step": round(chosen.cost, 4),
+              "forward_and_draft_cost": round(charged, 4), **overheads,
               "profile": shown_path(path), "costmodel": cost.describe()}
     if chosen.speedup < 1.0:
         record["note"] = "no draft shape is predicted faster than autoregressive decoding on this cost model"
     return Planned(chosen.shape, record)
+
+
+def with_overheads(options: list[Choice], cost: costmodel.CostModel, name: str) -> tuple[list[Choice], dict]:
+    """The choices with each step's loop overhead added and costs put in units of the baseline's
+    step (c(1) + its own overhead), when the cost model holds both overheads; the record's fields.
+    A constant per-step overhead favours shapes that commit more tokens per step."""
+    own, base = cost.overhead(name), cost.overhead("ar")
+    if own is None or base is None:
+        return options, {"overhead": f"not in the cost model (`spec-harness costmodel --drafts {name}` measures it)"}
+    scale = 1.0 + base
+    return ([replace(c, cost=max(c.cost + own, 1e-6) / scale) for c in options],
+            {"overhead_per_step": round(own, 4), "baseline_overhead": round(base, 4)})
 
 
 def draft_cost(cost: costmodel.CostModel, key: str, probe: Callable[[], Callable[[], object]]) -> float:
