@@ -4,6 +4,7 @@ profile (measuring nothing), uses a given cost model or measures this machine's 
 cache, and plans larger drafts when rows are free."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -114,6 +115,22 @@ def test_step_overheads_are_added_in_units_of_the_baseline_step_and_buy_larger_d
     assert plan["predicted_speedup"] == pytest.approx(plan["tokens_per_step"] / plan["cost_per_step"], abs=1e-3)
     assert int(plan["chosen"].split()[0]) > int(bare["chosen"].split()[0])  # a fixed cost per step: more per step pays
     assert plan["predicted_speedup"] < bare["predicted_speedup"]
+
+
+def test_the_chosen_shape_is_predicted_per_tuning_set_when_the_profile_has_them(engine, tmp_path):
+    high = {"p": [[0.9, 0.05, 0.0], [0.9, 0.05, 0.0], [0.9, 0.05, 0.0]]}
+    low = {"p": [[0.2, 0.1, 0.0], [0.2, 0.1, 0.0], [0.2, 0.1, 0.0]]}
+    write(tmp_path / "firp.profile.json", {**TREE, "by_source": {"gsm8k-train": high, "xsum-train": low}})
+    plan = firp(engine, tmp_path, costmodel=write(tmp_path / "c.json", {"n": [1, 64], "ratio": [1.0, 3.0]})).describe()["plan"]
+    got = plan["predicted_by_source"]
+    assert got["gsm8k-train"] > plan["predicted_speedup"] > got["xsum-train"]
+    paths = [tuple(map(int, q.split("."))) for q in plan["chosen"].split(": ")[1].split(";")]
+    expected = 1 + sum(math.prod(low["p"][d][r] for d, r in enumerate(q)) for q in paths)  # same tree, xsum's odds
+    assert got["xsum-train"] == pytest.approx(expected / plan["cost_per_step"], abs=1e-3)
+    chain = {**CHAIN, "by_source": {"gsm8k-train": CHAIN, "xsum-train": {**CHAIN, "accepted_at_least": [0.0] * 8}}}
+    pld = PromptLookup(engine, "tiny", profile=write(tmp_path / "p.json", chain), costmodel=write(tmp_path / "f.json", FLAT))
+    by = pld.describe()["plan"]["predicted_by_source"]
+    assert by["gsm8k-train"] == pytest.approx(pld.describe()["plan"]["predicted_speedup"]) and by["xsum-train"] == 1.0
 
 
 @pytest.mark.parametrize("build,profile,check", [

@@ -69,6 +69,12 @@ def test_profiles_are_measured_on_the_tuning_sets_only(tiny_lm, tmp_path, no_tes
     drafted, accepted = chain["drafted_at_least"], chain["accepted_at_least"]
     assert len(drafted) == len(accepted) == chain["k_max"] == 16 and where.name == "pld.profile.json"
     assert all(a <= d for a, d in zip(accepted, drafted)) and drafted == sorted(drafted, reverse=True)
+    for pooled in (tree, chain):  # the same numbers per tuning set: its steps add up to the pooled ones
+        assert set(pooled["by_source"]) == {"gsm8k-train", "xsum-train"}
+        assert sum(part["steps"] for part in pooled["by_source"].values()) == pooled["steps"]
+    parts = [chain["by_source"][s] for s in ("gsm8k-train", "xsum-train")]
+    assert chain["accepted_at_least"][0] == pytest.approx(
+        sum(p["accepted_at_least"][0] * p["steps"] for p in parts) / chain["steps"], abs=1e-5)
 
 
 def test_grid_profile_has_every_point(tiny_lm, monkeypatch):
@@ -79,6 +85,10 @@ def test_grid_profile_has_every_point(tiny_lm, monkeypatch):
     grid, _ = measure_profile("lookahead", tiny_lm, ProfileConfig(2, 8), progress=False)
     assert [p["options"]["window"] for p in grid["points"]] == [2, 3]
     assert all(p["tokens_per_step"] >= 1 and p["positions"] > 1 for p in grid["points"])
+    for i, point in enumerate(grid["points"]):
+        parts = [grid["by_source"][s]["points"][i] for s in ("gsm8k-train", "xsum-train")]
+        assert all(p["options"] == point["options"] for p in parts)
+        assert sum(p["steps"] for p in parts) == point["steps"]
 
 
 def test_tune_profile_plan_and_run_with_a_cost_model(tiny_model_dir, tiny_lm, tmp_path, monkeypatch):
@@ -106,7 +116,7 @@ def test_tune_profile_plan_and_run_with_a_cost_model(tiny_model_dir, tiny_lm, tm
     header = (tmp_path / "run" / "summary.md").read_text().splitlines()[0]
     assert header.index("speedup [95% CI]") < header.index("predicted") < header.index("median paired")
     rows = {r["method"]: r["predicted_speedup"] for r in csv.DictReader((tmp_path / "run" / "summary.csv").open())}
-    assert rows == {"ar": "", "firp": str(plan["predicted_speedup"])}
+    assert rows == {"ar": "", "firp": str(plan["predicted_by_source"]["gsm8k-train"])}  # GSM8K: its own kind
     assert not (tmp_path / "cache" / "costmodel").exists()  # nothing measured: the given model was used
 
 

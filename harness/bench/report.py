@@ -57,20 +57,30 @@ def control_verdicts(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def predicted_speedups(run_dir: Path) -> dict[str, float]:
-    """method -> the speedup its auto draft shape was planned for (manifest: method_configs)."""
+def predicted_speedups(run_dir: Path) -> dict[str, dict]:
+    """method -> the plan of its auto draft shape (manifest: method_configs), for those that planned."""
     configs = json.loads((Path(run_dir) / "manifest.json").read_text()).get("method_configs") or {}
-    return {m: c["plan"]["predicted_speedup"] for m, c in configs.items() if "predicted_speedup" in c.get("plan", {})}
+    return {m: c["plan"] for m, c in configs.items() if "predicted_speedup" in c.get("plan", {})}
+
+
+def predicted_for(plan: dict | None, dataset: str) -> float | None:
+    """The speedup planned for `dataset`: on the tuning set of its kind (`<dataset>-train`) when the
+    profile had one, else over all tuning sets."""
+    if not plan:
+        return None
+    return plan.get("predicted_by_source", {}).get(f"{dataset}-train", plan["predicted_speedup"])
 
 
 def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     """Summarise a run directory; writes summary.csv (raw numbers) and summary.md (by category:
-    summary-<by>.csv/.md). A method that planned its draft shape shows its predicted speedup."""
+    summary-<by>.csv/.md). A method that planned its draft shape shows its predicted speedup (on
+    the tuning set of the dataset's kind when its profile has one)."""
     run_dir = Path(run_dir)
     summary, skipped = summary_of(run_dir, by=by)
     predicted = predicted_speedups(run_dir)
     if predicted and not summary.empty:
-        summary = summary.assign(predicted_speedup=summary["method"].map(predicted))
+        summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
+                                                    for m, d in zip(summary["method"], summary["dataset"])])
     text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
     notes = control_verdicts(summary)
     if skipped:

@@ -22,6 +22,7 @@ from harness.core.planner import (
     chain_choices,
     expected_ratio,
     grid_choices,
+    path_probability,
 )
 
 PLANNING_OPTIONS = (
@@ -97,9 +98,30 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
               "tokens_per_step": round(chosen.expected, 4), "cost_per_step": round(chosen.cost, 4),
               "forward_and_draft_cost": round(charged, 4), **overheads,
               "profile": shown_path(path), "costmodel": cost.describe()}
+    sources = by_source(profile, family, choices, cost, method.name, chosen, charged)
+    if sources:
+        record["predicted_by_source"] = sources
     if chosen.speedup < 1.0:
         record["note"] = "no draft shape is predicted faster than autoregressive decoding on this cost model"
     return Planned(chosen.shape, record)
+
+
+def by_source(profile: dict, family: str, choices: Callable[[dict, costmodel.CostModel], list[Choice]],
+              cost: costmodel.CostModel, name: str, chosen: Choice, charged: float) -> dict[str, float]:
+    """The chosen shape's predicted speedup on each tuning set alone (a profile's `by_source`):
+    what a dataset of that kind should measure. A tree keeps its rows (same cost) and sums its
+    paths' probabilities there; chains and grids are re-costed, since rows drafted differ."""
+    out = {}
+    for source, sub in profile.get("by_source", {}).items():
+        part = {**profile, **sub}
+        if family == "tree":
+            prob = path_probability(part)
+            same = [Choice(chosen.shape, chosen.label, 1.0 + sum(prob(p) for p in chosen.shape), charged)]
+        else:
+            same = [c for c in choices(part, cost) if c.shape == chosen.shape]
+        if same:
+            out[source] = round(with_overheads(same, cost, name)[0][0].speedup, 4)
+    return out
 
 
 def with_overheads(options: list[Choice], cost: costmodel.CostModel, name: str) -> tuple[list[Choice], dict]:

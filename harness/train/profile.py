@@ -18,6 +18,9 @@ kept, no timing, so a profile can be measured on any machine, busy or not. Per f
   so its acceptance follows; the steps land where the k_max run put them.
 - grid (lookahead, eagle): every point of the method's profile_grid decoded; tokens committed per
   step (1 + accepted), rows per forward and draft forwards per step.
+
+The same numbers per tuning set are kept under `by_source` (GSM8K train, XSum validation): what a
+shape is predicted to do on each kind of text, for comparing with a dataset's measured speedup.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import methods as registry
 from harness.bench import results
 from harness.bench.data import TUNING_SETS, chat_prompt, load_samples
 from harness.core.decoding import Decoded, decode
+from harness.core.drafter import PROFILE_RANKS
 from harness.core.engine import Engine
 from harness.core.planner import path_key
 
@@ -67,12 +71,12 @@ class Decoder:
         return self.last
 
     def turns(self, method, label: str = ""):
-        """(prompt, Decoded) per tuning prompt."""
+        """(tuning set, Decoded) per tuning prompt (the prompts alternate between the sets)."""
         from tqdm import tqdm
 
-        for prompt in tqdm(self.prompts, desc=f"profile {method.name} {label}".strip(), unit="prompt",
-                           disable=not self.progress, leave=False):
-            yield prompt, decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
+        for i, prompt in enumerate(tqdm(self.prompts, desc=f"profile {method.name} {label}".strip(), unit="prompt",
+                                        disable=not self.progress, leave=False)):
+            yield TUNING_SETS[i % len(TUNING_SETS)], decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
 
 
 def step_ranks(candidates: list[list[int]], future: list[int]) -> list[int | None]:
@@ -103,58 +107,73 @@ def count_tree_steps(recorded: list, out: Decoded, paths: Counter, reach: Counte
 
 
 def tree_profile(dec: Decoder, name: str, options: dict) -> dict:
-    from harness.core.drafter import PROFILE_RANKS
-
     method = dec.method(name, {**options, "tree": "chain"})
-    paths, reach, hits, steps = Counter(), Counter(), Counter(), 0
+    counts: dict[str, tuple[Counter, Counter, Counter]] = {src: (Counter(), Counter(), Counter()) for src in TUNING_SETS}
+    steps = Counter()
     method.recorded = []
-    for _, out in dec.turns(method):
+    for source, out in dec.turns(method):
         recorded, method.recorded = method.recorded, []
         if recorded:
             host = dec.engine.host(torch.stack(recorded))  # [steps, K, R]: one read per turn
-            steps += count_tree_steps(host, out, paths, reach, hits)
-    if not steps:
+            steps[source] += count_tree_steps(host, out, *counts[source])
+    if not sum(steps.values()):
         raise ValueError("no decoding step had all its future tokens: raise --max-new-tokens")
     depth = method.module.steps
+    pooled = [sum((c[i] for c in counts.values()), Counter()) for i in range(3)]
+    return {**tree_stats(*pooled, sum(steps.values()), depth),
+            "by_source": {src: tree_stats(*counts[src], steps[src], depth) for src in TUNING_SETS if steps[src]},
+            "measured_with": method.describe()}
+
+
+def tree_stats(paths: Counter, reach: Counter, hits: Counter, steps: int, depth: int) -> dict:
+    """A tree profile's numbers from count_tree_steps' counters."""
     p = [[round(hits[(d, r)] / reach[d], 5) if reach[d] else 0.0 for r in range(PROFILE_RANKS)] for d in range(depth)]
     return {"depth": depth, "ranks": PROFILE_RANKS, "steps": steps, "p": p,
-            "paths": {path_key(q): round(c / steps, 6) for q, c in sorted(paths.items())},
-            "measured_with": method.describe()}
+            "paths": {path_key(q): round(c / steps, 6) for q, c in sorted(paths.items())}}
 
 
 def chain_profile(dec: Decoder, name: str, options: dict) -> dict:
     k_max = registry.get(name).profile_k_max
     method = dec.method(name, {**options, "k": k_max})
-    drafted, accepted = [], []
-    for _, out in dec.turns(method):
-        drafted += out.draft_sizes[1:]  # the prefill drafts nothing
-        accepted += out.accepted
+    drafted, accepted = {src: [] for src in TUNING_SETS}, {src: [] for src in TUNING_SETS}
+    for source, out in dec.turns(method):
+        drafted[source] += out.draft_sizes[1:]  # the prefill drafts nothing
+        accepted[source] += out.accepted
+    pooled = chain_stats(sum(drafted.values(), []), sum(accepted.values(), []), k_max)
+    return {**pooled, "by_source": {src: chain_stats(drafted[src], accepted[src], k_max)
+                                    for src in TUNING_SETS if accepted[src]},
+            "measured_with": method.describe()}
+
+
+def chain_stats(drafted: list[int], accepted: list[int], k_max: int) -> dict:
+    """P(at least i drafted) and P(at least i accepted), i = 1..k_max, over the steps given."""
     steps = len(accepted)
     if not steps:
         raise ValueError("no decoding step: raise --max-new-tokens")
     share = lambda values, i: round(sum(v >= i for v in values) / steps, 6)  # noqa: E731
     return {"k_max": k_max, "steps": steps,
             "drafted_at_least": [share(drafted, i) for i in range(1, k_max + 1)],
-            "accepted_at_least": [share(accepted, i) for i in range(1, k_max + 1)],
-            "measured_with": method.describe()}
+            "accepted_at_least": [share(accepted, i) for i in range(1, k_max + 1)]}
 
 
 def grid_profile(dec: Decoder, name: str, options: dict) -> dict:
-    points = []
+    points = {src: [] for src in ("all", *TUNING_SETS)}
     for point in registry.get(name).profile_grid:
         method = dec.method(name, {**options, **point})
-        steps = accepted = positions = drafts = 0
-        for _, out in dec.turns(method, " ".join(f"{k}={v}" for k, v in point.items())):
-            steps += len(out.accepted)
-            accepted += sum(out.accepted)
-            positions += sum(out.positions[1:])  # the prefill's rows excluded
-            drafts += out.draft_forwards
-        if steps:
-            points.append({"options": dict(point), "steps": steps, "tokens_per_step": round(1 + accepted / steps, 5),
-                           "positions": round(positions / steps, 4), "draft_forwards": round(drafts / steps, 4)})
-    if not points:
+        sums = {src: Counter() for src in points}
+        for source, out in dec.turns(method, " ".join(f"{k}={v}" for k, v in point.items())):
+            for src in ("all", source):
+                sums[src].update(steps=len(out.accepted), accepted=sum(out.accepted), drafts=out.draft_forwards,
+                                 positions=sum(out.positions[1:]))  # the prefill's rows excluded
+        for src, n in sums.items():
+            if n["steps"]:
+                points[src].append({"options": dict(point), "steps": n["steps"],
+                                    "tokens_per_step": round(1 + n["accepted"] / n["steps"], 5),
+                                    "positions": round(n["positions"] / n["steps"], 4),
+                                    "draft_forwards": round(n["drafts"] / n["steps"], 4)})
+    if not points["all"]:
         raise ValueError("no decoding step: raise --max-new-tokens")
-    return {"points": points}
+    return {"points": points["all"], "by_source": {src: {"points": points[src]} for src in TUNING_SETS if points[src]}}
 
 
 FAMILIES = {"tree": tree_profile, "chain": chain_profile, "grid": grid_profile}
