@@ -14,6 +14,15 @@ CI_COSTMODEL ?= results/costmodel/SmolLM2-135M-Instruct-Q4_1-cpu-float32.json
 CI_ARGS ?= --methods all --datasets gsm8k,xsum,mt-bench --num-samples 2 --max-new-tokens 32 --no-telemetry --costmodel $(CI_COSTMODEL)
 CI_MARGIN ?= 0.5
 
+# The README's reference results (hours on a 2-core CPU; resumable: `make reference REF_MODE=--resume`).
+# Every in-loop method and every transformers peer, A/A control, stratified subsets, the committed
+# cost model for auto shapes. Run on an idle machine, one at a time.
+REF_MODE ?= --overwrite
+REF_METHODS ?= all,hf-generate,hf-early-exit,hf-prompt-lookup,hf-assisted
+REF_ARGS ?= --control --methods $(REF_METHODS) --max-new-tokens 128 --costmodel $(CI_COSTMODEL)
+REF_OUT ?= results/reference/smollm2-135m-cpu
+SPECBENCH_OUT ?= results/reference/spec-bench-smollm2-135m-cpu
+
 # gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip
 # install: PYTHONPATH=.), needing torch, transformers>=5.17, click, pandas, tqdm, safetensors,
 # nvidia-ml-py, psutil, tabulate, matplotlib, pytest (wheels carried along where there is no network).
@@ -24,7 +33,7 @@ CI_MARGIN ?= 0.5
 DEVICE ?= cuda
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup bench test test-fast ci-regress ci-reference gpu-check clean
+.PHONY: setup bench test test-fast ci-regress ci-reference reference reference-specbench gpu-check clean
 
 setup: $(VENV)/.ready
 
@@ -52,6 +61,14 @@ ci-regress: setup
 
 ci-reference: setup   # regenerate the committed CI reference (after a deliberate change)
 	$(BIN)/spec-harness run $(CI_ARGS) --out $(CI_REF) --overwrite
+
+reference: setup   # gsm8k, xsum, mt-bench: 24 items each (MT-bench: 3 per category), then figures
+	$(BIN)/spec-harness run $(REF_ARGS) --datasets gsm8k,xsum,mt-bench --num-samples 24 --out $(REF_OUT) $(REF_MODE)
+	$(BIN)/spec-harness figures $(REF_OUT) --costmodel $(CI_COSTMODEL)
+
+reference-specbench: setup   # Spec-Bench: 3 questions per category (13 categories), reported by category
+	$(BIN)/spec-harness run $(REF_ARGS) --datasets spec-bench --num-samples 39 --out $(SPECBENCH_OUT) $(REF_MODE)
+	$(BIN)/spec-harness report $(SPECBENCH_OUT) --by category
 
 gpu-check:
 	PYTHONPATH=. $(PYTHON) -m harness gpu-check --device $(DEVICE) $(GPU_CHECK_ARGS)
