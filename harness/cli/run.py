@@ -18,6 +18,7 @@ from harness.cli.common import (
     fail,
     parse_method_args,
 )
+from harness.core.checkpoint import shown_path
 from harness.core.modelload import DEFAULT_MODEL, ModelLoadError, model_key
 
 
@@ -30,7 +31,7 @@ def list_cmd(model: str) -> None:
     for name in registry.names():
         cls = registry.get(name)
         path = cls.default_weights(key)
-        weights = "no weights needed" if path is None else (f"weights: {path}" if path.exists()
+        weights = "no weights needed" if path is None else (f"weights: {shown_path(path)}" if path.exists()
                                                              else f"NO WEIGHTS: run `spec-harness train {cls.train_command()}`")
         click.echo(f"  {name:12s} {cls.summary} [{weights}]")
         for opt in cls.options:
