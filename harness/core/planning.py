@@ -141,7 +141,7 @@ def draft_cost(cost: costmodel.CostModel, key: str, probe: Callable[[], Callable
     NoDraftCost when a given file lacks it."""
     value = cost.draft(key, probe)
     if value is None:
-        raise NoDraftCost(f"the cost model {cost.path} has no draft cost {key!r} (add it with "
+        raise NoDraftCost(f"the cost model {shown_path(cost.path)} has no draft cost {key!r} (add it with "
                           f"`spec-harness costmodel --drafts` on that machine)")
     return value
 
