@@ -103,9 +103,13 @@ def test_decoding_makes_no_tensor_off_the_engine_device(engine, tmp_path, name):
         assert_lossless(engine, method, prompts=1, max_new=16)
 
 
-@pytest.mark.parametrize("kind", ["firp", "medusa"])
+@pytest.mark.parametrize("kind", ["firp", "medusa", "eagle"])
 def test_training_makes_no_tensor_off_the_engine_device(engine, kind):
-    module = PseudoChains(32, (1, 2)) if kind == "firp" else MedusaHeads(32, 2, engine.lm_head)
+    """(Medusa and EAGLE train from the FinalCache's host rows.)"""
+    from methods.eagle import EagleHead, target_shapes
+
+    module = {"firp": lambda: PseudoChains(32, (1, 2)), "medusa": lambda: MedusaHeads(32, 2, engine.lm_head),
+              "eagle": lambda: EagleHead(engine, target_shapes(engine))}[kind]()
     with torch.device("meta"):
         record = train(module, engine, random_sequences(5), CFG, progress=False)
     assert len(record["loss_curve"]) == CFG.steps

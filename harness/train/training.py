@@ -125,7 +125,7 @@ class FinalCache:
             for j, b in enumerate(missing):
                 self.rows[id(seqs[b])] = final[j, : int(batch.lengths[b])].float().cpu()
         B, T = batch.ids.shape
-        out = torch.zeros(B, T, self.engine.hidden_size)  # [B, T, d], zero past each sequence's end
+        out = torch.zeros(B, T, self.engine.hidden_size, device="cpu")  # [B, T, d] on the host, zero past each end
         for b, s in enumerate(seqs):
             row = self.rows[id(s)]
             out[b, : row.shape[0]] = row
