@@ -128,7 +128,7 @@ class EagleHead(nn.Module):
         inputs = feats[:, :-1]
         if torch.is_grad_enabled() and w["noise"]:  # training only (evaluation runs without grad)
             inputs = inputs + (torch.rand_like(inputs) - 0.5) * w["noise"] * 512 / inputs.shape[-1]
-        ctx = engine.context(torch.arange(T - 1).expand(B, T - 1), None, None, start=0)
+        ctx = engine.context(torch.arange(T - 1, device=engine.device).expand(B, T - 1), None, None, start=0)
         pred = gather_rows(self(inputs, batch.ids[:, 1:].to(engine.device), ctx), batch.hang)  # [B, m, d]
         real = gather_rows(feats, batch.hang + 1)  # [B, m, d]
         ok = batch.hang_ok & (batch.hang + 1 < batch.lengths[:, None])  # [B, m]
