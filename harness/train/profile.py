@@ -49,9 +49,10 @@ class ProfileConfig:
     max_new_tokens: int = 128
 
 
-def tuning_prompts(lm, per_set: int) -> list[list[int]]:
-    """The first `per_set` prompts of each tuning set, alternately, as chat-template ids."""
-    sets = [[chat_prompt(lm.tokenizer, s.turns[:1], []) for s in load_samples(name, per_set)] for name in TUNING_SETS]
+def tuning_prompts(lm, per_set: int) -> list[tuple[str, list[int]]]:
+    """(tuning set, chat-template ids) of the first `per_set` prompts of each set, alternately."""
+    sets = [[(name, chat_prompt(lm.tokenizer, s.turns[:1], [])) for s in load_samples(name, per_set)]
+            for name in TUNING_SETS]
     return [p for group in zip(*sets) for p in group]
 
 
@@ -61,7 +62,7 @@ class Decoder:
     def __init__(self, lm, cfg: ProfileConfig, progress: bool = True):
         self.lm, self.cfg, self.progress = lm, cfg, progress
         self.engine = Engine(lm.model)
-        self.prompts = tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))
+        self.sources, self.prompts = map(list, zip(*tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))))
         self.cache = self.engine.new_cache(max(map(len, self.prompts)) + cfg.max_new_tokens + ROOM)
         eos = lm.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {lm.tokenizer.eos_token_id} - {None}
@@ -71,12 +72,12 @@ class Decoder:
         return self.last
 
     def turns(self, method, label: str = ""):
-        """(tuning set, Decoded) per tuning prompt (the prompts alternate between the sets)."""
+        """(tuning set, Decoded) per tuning prompt."""
         from tqdm import tqdm
 
-        for i, prompt in enumerate(tqdm(self.prompts, desc=f"profile {method.name} {label}".strip(), unit="prompt",
-                                        disable=not self.progress, leave=False)):
-            yield TUNING_SETS[i % len(TUNING_SETS)], decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
+        for source, prompt in tqdm(list(zip(self.sources, self.prompts)), desc=f"profile {method.name} {label}".strip(),
+                                   unit="prompt", disable=not self.progress, leave=False):
+            yield source, decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
 
 
 def step_ranks(candidates: list[list[int]], future: list[int]) -> list[int | None]:
