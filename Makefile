@@ -22,6 +22,7 @@ REF_METHODS ?= all,hf-generate,hf-early-exit,hf-prompt-lookup,hf-assisted
 REF_ARGS ?= --control --methods $(REF_METHODS) --max-new-tokens 128 --costmodel $(CI_COSTMODEL)
 REF_OUT ?= results/reference/smollm2-135m-cpu
 SPECBENCH_OUT ?= results/reference/spec-bench-smollm2-135m-cpu
+REF_ANALYSIS ?= results/analysis/SmolLM2-135M-Instruct-Q4_1/analysis.json
 
 # gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip
 # install: PYTHONPATH=.), needing torch, transformers>=5.17, click, pandas, tqdm, safetensors,
@@ -64,7 +65,7 @@ ci-reference: setup   # regenerate the committed CI reference (after a deliberat
 
 reference: setup   # gsm8k, xsum, mt-bench: 24 items each (MT-bench: 3 per category), then figures
 	$(BIN)/spec-harness run $(REF_ARGS) --datasets gsm8k,xsum,mt-bench --num-samples 24 --out $(REF_OUT) $(REF_MODE)
-	$(BIN)/spec-harness figures $(REF_OUT) --costmodel $(CI_COSTMODEL)
+	$(BIN)/spec-harness figures $(REF_OUT) --costmodel $(CI_COSTMODEL) --analysis $(REF_ANALYSIS)
 
 reference-specbench: setup   # Spec-Bench: 3 questions per category (13 categories), reported by category
 	$(BIN)/spec-harness run $(REF_ARGS) --datasets spec-bench --num-samples 39 --out $(SPECBENCH_OUT) $(REF_MODE)
