@@ -85,57 +85,72 @@ def tau_per_method(summary: pd.DataFrame, manifest: dict, out_dir: Path) -> list
     return save(fig, out_dir, "fig1b_tau", data)
 
 
-def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path) -> list[Path]:
-    """Measured c(n)/c(1), each method's operating point on it, and per method the measured
-    speedup next to its bound tau * c(1) / c(n_method)."""
+def _cost_points(summary: pd.DataFrame, manifest: dict, cost: dict) -> pd.DataFrame:
+    """Each method's (dataset's) rows per forward, c(n)/c(1) there and its bound tau * c(1) / c(n)."""
     data = _non_baseline(summary, manifest)[["method", "dataset", "tau", "positions", *SPEEDUP_COLS]]
     data = data.dropna(subset=["tau", "positions", "speedup"]).reset_index(drop=True)
     if data.empty:
-        note("costmodel skipped: no method besides the baseline has positions per forward and a speedup")
-        return []
+        return data
     top = max(cost["n"])
     if (data["positions"] > top).any():
         note(f"costmodel: positions beyond the measured n <= {top}: c(n) extrapolated linearly")
     data["ratio"] = [ratio_at(cost, n) for n in data["positions"]]
     data["bound"] = data["tau"] / data["ratio"]
-    curve = pd.DataFrame({"n": cost["n"], "seconds": cost["seconds"], "ratio": cost["ratio"]})
-    where = setting({**cost, "model_key": cost.get("model")})
-    if cost.get("model") != manifest.get("model_key"):
-        note(f"costmodel: measured on model {cost.get('model')!r}, the run used {manifest.get('model_key')!r}")
+    return data
 
-    plt = pyplot()
+
+def _curve_panel(ax, curve: pd.DataFrame, data: pd.DataFrame, cost: dict, colors: dict, markers: dict) -> None:
+    """Left panel: the measured c(n)/c(1) curve with every method's operating point on it."""
+    ax.plot(curve["n"], curve["ratio"], "-o", color="0.2", ms=4, label="measured c(n)/c(1)")
+    for r in data.itertuples():
+        ax.plot(r.positions, r.ratio, markers[r.dataset], color=colors[r.method], ms=9, mec="k")
+    ax.set_xlabel("rows processed per target forward, n")
+    ax.set_ylabel("forward latency c(n) / c(1)")
+    ax.set_title(f"Forward cost (prefix {cost.get('prefix', '?')} tokens, c(1) = {1000 * cost['seconds'][0]:.1f} ms)")
+    legends(ax, colors, markers)
+
+
+def _bound_panel(ax, data: pd.DataFrame, colors: dict) -> None:
+    """Right panel: measured speedup (with its interval) next to the cost-model bound, per method."""
     from matplotlib.patches import Patch
 
-    colors, markers, methods, datasets = styles(manifest, summary, data)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]},
-                                      layout="constrained")
-    left.plot(curve["n"], curve["ratio"], "-o", color="0.2", ms=4, label="measured c(n)/c(1)")
-    for r in data.itertuples():
-        left.plot(r.positions, r.ratio, markers[r.dataset], color=colors[r.method], ms=9, mec="k")
-    left.set_xlabel("rows processed per target forward, n")
-    left.set_ylabel("forward latency c(n) / c(1)")
-    left.set_title(f"Forward cost (prefix {cost.get('prefix', '?')} tokens, c(1) = {1000 * cost['seconds'][0]:.1f} ms)")
-    legends(left, colors, markers)
+    xs = np.arange(len(data))
+    bars = ax.bar(xs - 0.2, data["speedup"], 0.4, yerr=yerr(data), capsize=3,
+                  color=[colors[m] for m in data["method"]], label="measured (ratio of means, 95% CI)")
+    bar_labels(ax, bars, inside=True)
+    bounds = ax.bar(xs + 0.2, data["bound"], 0.4, color="white", edgecolor=[colors[m] for m in data["method"]],
+                    hatch="//", label="bound tau * c(1) / c(n)")
+    bar_labels(ax, bounds)
+    ax.axhline(1.0, color="0.4", ls="--", lw=1)
+    ax.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])], rotation=35, ha="right",
+                  rotation_mode="anchor", fontsize=8)
+    ax.set_ylabel(SPEEDUP_LABEL)
+    ax.set_ylim(0, max(data["bound"].max(), data["speedup_ci_high"].max()) * 1.25)
+    ax.legend(handles=[Patch(facecolor="0.55", label=bars.get_label()),
+                       Patch(facecolor="white", edgecolor="0.3", hatch="//", label=bounds.get_label())],
+              loc="upper left")
+    ax.set_title("Measured speedup vs cost-model bound")
 
+
+def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path) -> list[Path]:
+    """Measured c(n)/c(1), each method's operating point on it, and per method the measured
+    speedup next to its bound tau * c(1) / c(n_method)."""
+    data = _cost_points(summary, manifest, cost)
+    if data.empty:
+        note("costmodel skipped: no method besides the baseline has positions per forward and a speedup")
+        return []
+    curve = pd.DataFrame({"n": cost["n"], "seconds": cost["seconds"], "ratio": cost["ratio"]})
+    if cost.get("model") != manifest.get("model_key"):
+        note(f"costmodel: measured on model {cost.get('model')!r}, the run used {manifest.get('model_key')!r}")
+    colors, markers, methods, datasets = styles(manifest, summary, data)
     data = data.assign(order=[(datasets.index(d), methods.index(m)) for m, d in zip(data["method"], data["dataset"])])
     data = data.sort_values("order").drop(columns="order").reset_index(drop=True)
-    xs = np.arange(len(data))
-    bars = right.bar(xs - 0.2, data["speedup"], 0.4, yerr=yerr(data), capsize=3,
-                     color=[colors[m] for m in data["method"]], label="measured (ratio of means, 95% CI)")
-    bar_labels(right, bars, inside=True)
-    bounds = right.bar(xs + 0.2, data["bound"], 0.4, color="white", edgecolor=[colors[m] for m in data["method"]],
-                       hatch="//", label="bound tau * c(1) / c(n)")
-    bar_labels(right, bounds)
-    right.axhline(1.0, color="0.4", ls="--", lw=1)
-    right.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])], rotation=35, ha="right",
-                     rotation_mode="anchor", fontsize=8)
-    right.set_ylabel(SPEEDUP_LABEL)
-    right.set_ylim(0, max(data["bound"].max(), data["speedup_ci_high"].max()) * 1.25)
-    right.legend(handles=[Patch(facecolor="0.55", label=bars.get_label()),
-                          Patch(facecolor="white", edgecolor="0.3", hatch="//", label=bounds.get_label())],
-                 loc="upper left")
-    right.set_title("Measured speedup vs cost-model bound")
-    fig.suptitle(f"Cost model: {where}\nrun: {setting(manifest)}", fontsize=12)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]},
+                                           layout="constrained")
+    _curve_panel(left, curve, data, cost, colors, markers)
+    _bound_panel(right, data, colors)
+    fig.suptitle(f"Cost model: {setting({**cost, 'model_key': cost.get('model')})}\nrun: {setting(manifest)}",
+                 fontsize=12)
     return save(fig, out_dir, "costmodel", data, {"costmodel_curve": curve})
 
 
