@@ -62,10 +62,15 @@ class Decoder:
     def __init__(self, lm, cfg: ProfileConfig, progress: bool = True):
         self.lm, self.cfg, self.progress = lm, cfg, progress
         self.engine = Engine(lm.model)
-        self.sources, self.prompts = map(list, zip(*tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))))
+        self.tuning = tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))  # (tuning set, ids) pairs
         self.cache = self.engine.new_cache(max(map(len, self.prompts)) + cfg.max_new_tokens + ROOM)
         eos = lm.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {lm.tokenizer.eos_token_id} - {None}
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """The tuning prompts' ids, without their tuning set."""
+        return [ids for _, ids in self.tuning]
 
     def method(self, name: str, options: dict):
         self.last = registry.get(name)(self.engine, self.lm.key, **options)
@@ -75,7 +80,7 @@ class Decoder:
         """(tuning set, Decoded) per tuning prompt."""
         from tqdm import tqdm
 
-        for source, prompt in tqdm(list(zip(self.sources, self.prompts)), desc=f"profile {method.name} {label}".strip(),
+        for source, prompt in tqdm(self.tuning, desc=f"profile {method.name} {label}".strip(),
                                    unit="prompt", disable=not self.progress, leave=False):
             yield source, decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
 
