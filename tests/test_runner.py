@@ -46,6 +46,25 @@ def test_run_writes_schema_and_resume_extends_without_duplicates(tiny_model_dir,
     assert manifest["samples"] == {"gsm8k": ["0", "1"], "mt-bench": ["81", "91"]}  # stratified: writing, roleplay
 
 
+def test_resume_warms_up_only_datasets_with_turns_left(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    Runner(cfg(tiny_model_dir, out, num_samples=1, warmup=True), progress=False).run()
+    lines = (out / "records.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["dataset"] == "gsm8k"]
+    (out / "records.jsonl").write_text("\n".join(kept) + "\n")  # MT-bench's two turns to redo
+    calls = []
+    real_decode = runner_mod.decode
+
+    def counted(method, prompt, *a, **kw):
+        calls.append(len(prompt))
+        return real_decode(method, prompt, *a, **kw)
+
+    monkeypatch.setattr(runner_mod, "decode", counted)
+    Runner(cfg(tiny_model_dir, out, num_samples=1, warmup=True, resume=True), progress=False).run()
+    assert len(calls) == 3  # one MT-bench warm-up and its two turns; finished GSM8K is not warmed
+    assert len(read_records(out / "records.jsonl")) == 3
+
+
 def test_interrupt_keeps_records(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}

@@ -120,10 +120,23 @@ class Runner:
             probe.__exit__(None, None, None)
         return out, wall, (probe.result if probe else {})
 
-    def warm_up(self, bar) -> None:
-        """Every method once per dataset at the full budget, on an unmeasured item that fits
-        (the first measured one when the dataset has no other), untimed."""
+    def pending(self, items: list[Sample], done: dict) -> bool:
+        """Whether any turn of these samples still lacks a record (a resumed run warms up only
+        the datasets it still decodes). Turns after a skipped first turn are never decoded."""
+        for sample in items:
+            first = done.get((registry.BASELINE, sample.dataset, sample.sample_id, 0))
+            turns = 1 if first and first.get("skipped") else len(sample.turns)
+            if any((name, sample.dataset, sample.sample_id, turn) not in done
+                   for name in self.names for turn in range(turns)):
+                return True
+        return False
+
+    def warm_up(self, bar, done: dict) -> None:
+        """Every method once per dataset with turns to decode, at the full budget, on an
+        unmeasured item that fits (the first measured one when the dataset has no other), untimed."""
         for dataset, items in self.plan.samples.items():
+            if not self.pending(items, done):
+                continue
             spare = self.plan.warmup[dataset]
             for sample in ([spare] if spare else []) + items:
                 prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
@@ -140,7 +153,7 @@ class Runner:
             total = sum(len(s.turns) for v in self.plan.samples.values() for s in v) * len(self.names)
             with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
                 if self.cfg.warmup:
-                    self.warm_up(bar)
+                    self.warm_up(bar, writer.done)
                 for items in self.plan.samples.values():
                     for sample in items:
                         self._run_sample(sample, writer, bar)
