@@ -130,3 +130,40 @@ def test_draft_costs_time_heads_against_a_target_forward(engine, tmp_path):
     save_checkpoint(tmp_path / "m.safetensors", heads, {"config": heads.config()})
     costs = draft_costs(engine, "tiny", ["medusa", "pld"], {"medusa": {"checkpoint": str(tmp_path / "m.safetensors")}})
     assert list(costs) == ["medusa:m.safetensors"] and costs["medusa:m.safetensors"] > 0
+
+
+def test_step_overheads_are_measured_again_at_the_shape_they_make_the_plan_choose(tiny_lm, tmp_path, monkeypatch):
+    """A fixed loop cost per step buys longer chains: pld's first plan (its own overhead unknown)
+    is re-planned once the overhead is known, and measured again there; the given file is not changed."""
+    from harness.analysis import plans
+
+    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0], "seconds": [0.01] * 6}
+    cost, profile = tmp_path / "c.json", tmp_path / "pld.profile.json"
+    cost.write_text(json.dumps(curve))
+    profile.write_text(json.dumps({"family": "chain", "drafted_at_least": [0.6] * 8,
+                                   "accepted_at_least": [0.45 * 0.6 ** i for i in range(8)]}))
+    measured = []
+
+    def fake_step(dec, method):  # a true loop overhead of 2 c(1) per step at every shape
+        charged = method.planned.record["forward_and_draft_cost"] if method.planned else 1.0
+        measured.append((method.name, method.planned.record["chosen"] if method.planned else ""))
+        return 0.01 * (charged + (2.0 if method.planned else 0.1))
+
+    monkeypatch.setattr(plans, "_seconds_per_step", fake_step)
+    got = plans.step_overheads(tiny_lm, ["pld"], {"pld": {"profile": str(profile)}}, str(cost), prompts=2,
+                               max_new_tokens=4, progress=False)
+    assert got == pytest.approx({"ar": 0.1, "pld": 2.0})
+    shapes = [shape for name, shape in measured if name == "pld"]
+    assert len(shapes) == 2 and shapes[0] != shapes[1], shapes  # measured again at the new shape
+    assert json.loads(cost.read_text()) == curve
+
+
+def test_costmodel_update_needs_drafts_and_the_same_model(tiny_model_dir, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**FLAT, "seconds": [0.01, 0.01], "model": "another-model"}))
+    res = CliRunner().invoke(main, ["costmodel", "--update", str(path), "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert res.exit_code == 2 and "--drafts" in res.output
+    res = CliRunner().invoke(main, ["costmodel", "--update", str(path), "--drafts", "pld",
+                                    "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert res.exit_code != 0 and "another-model" in res.output, res.output
+    assert json.loads(path.read_text())["model"] == "another-model"  # untouched

@@ -8,13 +8,15 @@ record (harness/core/planning.py).
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 import methods as registry
-from harness.core.costmodel import draft_ratio, read
+from harness.core.costmodel import draft_ratio, read, write
 from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
 from harness.train.profile import Decoder, ProfileConfig
@@ -90,23 +92,50 @@ def draft_costs(engine: Engine, model_key: str, names: list[str], method_args: d
     return out
 
 
-def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str, prompts: int = 2,
-                   max_new_tokens: int = 64, progress: bool = True) -> dict[str, float]:
+def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str, prompts: int = 4,
+                   max_new_tokens: int = 128, rounds: int = 3, progress: bool = True) -> dict[str, float]:
     """Per method (and "ar"), its measured time per decoding step minus what the cost model at
     `costmodel_path` charges for the shape it plans (target forward + drafting), in units of c(1):
-    the decode loop's own work, which the planner then adds to every shape. Decoded greedily on
-    `prompts` tuning-set prompts (training splits) after one untimed warm-up turn, on this machine.
-    Methods that cannot plan (no profile, a draft cost missing) are left out."""
+    the decode loop's own work, which the planner then adds to every shape. That work depends on
+    the shape (FIRP's insertion layers, a tree's rows), so a method is measured at the shape it
+    plans once the overheads are known: one whose plan changes with its measured overhead is
+    measured again at the new shape (at most `rounds` measurements; a warning if it still moves).
+    Decoded greedily on `prompts` tuning-set prompts (training splits) after one untimed warm-up
+    turn, on this machine; the file at `costmodel_path` is not changed. Methods that cannot plan
+    (no profile, a draft cost missing) are left out."""
     dec = Decoder(lm, ProfileConfig(num_prompts=prompts, max_new_tokens=max_new_tokens), progress=False)
-    c1, out = read(Path(costmodel_path))["seconds"][0], {}
-    for name in tqdm(["ar", *names], desc="step overheads", unit="method", disable=not progress):
-        args = {} if name == "ar" else {**method_args.get(name, {}), "costmodel": costmodel_path}
-        method = dec.method(name, args)
-        record = method.planned.record if method.planned is not None else {}
-        charged = 1.0 if name == "ar" else record.get("forward_and_draft_cost")
-        if charged is not None:
-            out[name] = round(_seconds_per_step(dec, method) / c1 - charged, 4)
+    data = read(Path(costmodel_path))
+    out: dict[str, float] = {}
+    at: dict[str, str] = {}  # the shape each overhead was measured at
+    with tempfile.TemporaryDirectory() as tmp:
+        working = Path(tmp) / "costmodel.json"
+        for final in [False] * rounds + [True]:
+            write(working, {**data, "overheads": out})  # what the plans see: the overheads so far
+            moved = [name for name in tqdm(["ar", *names], desc="step overheads", unit="method",
+                                           disable=not progress or final, leave=False)
+                     if _overhead_at(dec, name, method_args, working, data["seconds"][0], out, at, final)]
+            if not moved:
+                break
+    for name in moved if final else []:
+        tqdm.write(f"spec-harness: {name}'s planned shape still changes with its measured overhead; "
+                   f"kept the overhead measured at {at[name]}", file=sys.stderr)
     return out
+
+
+def _overhead_at(dec, name: str, method_args: dict, costmodel: Path, c1: float, out: dict, at: dict,
+                 check_only: bool) -> bool:
+    """Plans `name` with the cost model at `costmodel`; when its shape is not the one its overhead
+    was measured at, measures it there into `out` and `at` (unless `check_only`). Whether it moved."""
+    args = {} if name == "ar" else {**method_args.get(name, {}), "costmodel": str(costmodel)}
+    method = dec.method(name, args)
+    record = method.planned.record if method.planned is not None else {}
+    charged = 1.0 if name == "ar" else record.get("forward_and_draft_cost")
+    label = record.get("chosen", name)
+    if charged is None or at.get(name) == label:
+        return False
+    if not check_only:
+        out[name], at[name] = round(_seconds_per_step(dec, method) / c1 - charged, 4), label
+    return True
 
 
 def _seconds_per_step(dec, method) -> float:

@@ -50,17 +50,22 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
 @click.option("--drafts", default=None, metavar="METHODS",
               help="Also time these methods' draft operations (a head or draft-model forward, in units of c(1)) "
-                   "and their decode loop's overhead per step (on two tuning prompts, at the shape each plans) "
-                   "for planning their auto shapes on this machine: comma-separated, or 'all'.")
-def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts) -> None:
+                   "and their decode loop's overhead per step (on four tuning prompts at 128 tokens, at the shape "
+                   "each plans) for planning their auto shapes on this machine: comma-separated, or 'all'.")
+@click.option("--update", type=_FILE, default=None,
+              help="Keep this cost-model JSON's c(n) and re-measure only --drafts into it (written back, or to --out).")
+def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update) -> None:
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
     from harness.analysis import costmodel as cm
     from harness.bench.results import write_json
+    from harness.core.costmodel import read
 
     try:
+        if update and not drafts:
+            raise click.UsageError("--update re-measures the draft costs and overheads: give --drafts METHODS too")
         n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
-        result = cm.run(model, device, dtype, prefix, repeats, n_values)
-        path = out or cm.default_out(result)
+        result = read(update) if update else cm.run(model, device, dtype, prefix, repeats, n_values)
+        path = out or update or cm.default_out(result)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result)
         if drafts:
@@ -87,6 +92,8 @@ def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, pat
     from harness.core.modelload import load_model
 
     lm = load_model(model, device, dtype)
+    if result.get("model") not in (None, lm.key):
+        raise ValueError(f"{path} is a cost model of {result['model']}, not of {lm.key} (give --model)")
     names = planners(lm.key) if drafts == "all" else csv(drafts)
     result["drafts"] = draft_costs(Engine(lm.model), lm.key, names, {})
     write_json(path, result)
