@@ -51,8 +51,10 @@ def test_overwrite_keeps_the_old_run_when_anything_is_invalid(tiny_model_dir, ol
 
 
 def test_overwrite_removes_all_of_the_old_run(tiny_model_dir, old_run):
+    (old_run / "summary-category.md").write_text("| by category |")  # what `report --by category` writes
     assert run_cli(tiny_model_dir, old_run, "--overwrite").exit_code == 0
     assert not (old_run / "figures").exists() and (old_run / "records.jsonl").exists()
+    assert not (old_run / "summary-category.md").exists()
 
 
 def test_overwrite_refuses_a_directory_with_foreign_files(tiny_model_dir, old_run):

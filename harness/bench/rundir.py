@@ -2,14 +2,15 @@
 emptied, for --overwrite) only once everything else has been validated, and resumed only with
 exactly the request that started it.
 
-A run directory holds manifest.json, records.jsonl, summary.md/.csv and figures/ (all written by
-the harness); --overwrite removes all of it, and refuses a directory holding anything else.
+A run directory holds manifest.json, records.jsonl, summary.md/.csv, summary-<by>.md/.csv
+(`report --by`) and figures/ (all written by the harness); --overwrite removes all of it, and refuses a directory holding anything else.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from harness.bench.results import RESULTS_ROOT, ResultsError
 
 RUN_FILES = {"manifest.json", "records.jsonl", "summary.md", "summary.csv", "figures", "manifest.tmp"}
+BY_SUMMARY = re.compile(r"summary-[A-Za-z0-9_]+\.(md|csv)")  # `report --by COLUMN`
 DEFAULT_ROOT = RESULTS_ROOT / "runs"
 
 
@@ -62,7 +64,7 @@ def check_out(out: Path | None, resume: bool, overwrite: bool) -> None:
     if resume and not exists:
         raise ResultsError(f"--resume: {out} holds no run to continue")
     if overwrite and out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not BY_SUMMARY.fullmatch(p.name))
         if foreign:
             raise ResultsError(f"--overwrite: {out} holds files the harness did not write ({', '.join(foreign[:5])}); "
                                "remove them or choose another --out")
