@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.bench.results import RESULTS_ROOT, ResultsError
 
 RUN_FILES = {"manifest.json", "records.jsonl", "summary.md", "summary.csv", "figures", "manifest.tmp"}
-BY_SUMMARY = re.compile(r"summary-[A-Za-z0-9_]+\.(md|csv)")  # `report --by COLUMN`
+BY_SUMMARY = re.compile(r"summary(-[A-Za-z0-9_]+)+\.(md|csv)")  # `report --by COLUMN [--by ...]`
 DEFAULT_ROOT = RESULTS_ROOT / "runs"
 
 
