@@ -46,13 +46,15 @@ def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def control_verdicts(summary: pd.DataFrame) -> list[str]:
-    """One line per dataset with an A/A control: its speedup, interval, and whether it holds 1.00."""
+def control_verdicts(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> list[str]:
+    """One line per dataset (and `by` group) with an A/A control: its speedup, interval, and
+    whether it holds 1.00."""
     lines = []
     for r in summary[summary["method"] == CONTROL].to_dict("records") if not summary.empty else []:
         holds = r["speedup_ci_low"] <= 1.0 <= r["speedup_ci_high"]
         verdict = "ok" if holds else "FLAGGED: the interval excludes 1.00, this run cannot time the methods"
-        lines.append(f"A/A control {r['dataset']}: {_interval(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])}"
+        where = " / ".join(str(r[k]) for k in ("dataset", *by))
+        lines.append(f"A/A control {where}: {_interval(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])}"
                      f" ({verdict})")
     return lines
 
@@ -82,7 +84,7 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
         summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
                                                     for m, d in zip(summary["method"], summary["dataset"])])
     text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
-    notes = control_verdicts(summary)
+    notes = control_verdicts(summary, by)
     if skipped:
         notes.append(f"{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: "
                      f"{skipped[0]['skipped']}")
