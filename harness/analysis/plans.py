@@ -111,31 +111,32 @@ def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str,
         working = Path(tmp) / "costmodel.json"
         for final in [False] * rounds + [True]:
             write(working, {**data, "overheads": out})  # what the plans see: the overheads so far
-            moved = [name for name in tqdm(["ar", *names], desc="step overheads", unit="method",
-                                           disable=not progress or final, leave=False)
-                     if _overhead_at(dec, name, method_args, working, data["seconds"][0], out, at, final)]
+            moved = []
+            for name in tqdm(["ar", *names], desc="step overheads", unit="method",
+                             disable=not progress or final, leave=False):
+                method, label, charged = _planned(dec, name, method_args, working)
+                if charged is None or at.get(name) == label:
+                    continue
+                moved.append(name)
+                if not final:
+                    out[name] = round(_seconds_per_step(dec, method) / data["seconds"][0] - charged, 4)
+                    at[name] = label
             if not moved:
                 break
-    for name in moved if final else []:
+    for name in moved:
         tqdm.write(f"spec-harness: {name}'s planned shape still changes with its measured overhead; "
                    f"kept the overhead measured at {at[name]}", file=sys.stderr)
     return out
 
 
-def _overhead_at(dec, name: str, method_args: dict, costmodel: Path, c1: float, out: dict, at: dict,
-                 check_only: bool) -> bool:
-    """Plans `name` with the cost model at `costmodel`; when its shape is not the one its overhead
-    was measured at, measures it there into `out` and `at` (unless `check_only`). Whether it moved."""
+def _planned(dec, name: str, method_args: dict, costmodel: Path):
+    """`name` built (its shape planned with the cost model at `costmodel`): (method, the chosen
+    shape's label, what the plan charges per step in c(1); None when it did not plan)."""
     args = {} if name == "ar" else {**method_args.get(name, {}), "costmodel": str(costmodel)}
     method = dec.method(name, args)
     record = method.planned.record if method.planned is not None else {}
     charged = 1.0 if name == "ar" else record.get("forward_and_draft_cost")
-    label = record.get("chosen", name)
-    if charged is None or at.get(name) == label:
-        return False
-    if not check_only:
-        out[name], at[name] = round(_seconds_per_step(dec, method) / c1 - charged, 4), label
-    return True
+    return method, record.get("chosen", name), charged
 
 
 def _seconds_per_step(dec, method) -> float:

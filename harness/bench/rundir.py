@@ -3,7 +3,8 @@ emptied, for --overwrite) only once everything else has been validated, and resu
 exactly the request that started it.
 
 A run directory holds manifest.json, records.jsonl, summary.md/.csv, summary-<by>.md/.csv
-(`report --by`) and figures/ (all written by the harness); --overwrite removes all of it, and refuses a directory holding anything else.
+(`report --by`) and figures/ (all written by the harness); --overwrite removes all of it, and
+refuses a directory holding anything else.
 """
 
 from __future__ import annotations
