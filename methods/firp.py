@@ -27,6 +27,7 @@ from torch import nn
 from harness.core.drafter import TreeDrafter, tree_options
 from harness.core.engine import Engine, KVCache, PrefixKV
 from harness.core.planner import Path, layered_cost, tree_depth
+from harness.core.planning import draft_cost
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
@@ -146,10 +147,24 @@ class FIRP(TreeDrafter):
 
     def tree_cost(self, paths: list[Path], cost) -> float:
         """The verify forward carries one pseudo chain per node: n rows below the first insertion
-        layer, n more from each step's layer on (the drafting is inside this forward)."""
-        n, layers = len(paths) + 1, self.module.layers[:tree_depth(paths)]
-        rows_from = [(0, n)] + [(layer, n * (i + 2)) for i, layer in enumerate(layers)]
-        return layered_cost(cost.ratio, rows_from, self.engine.num_layers)
+        layer, n more from each step's layer on; then the LM head decodes the accepted node's
+        chain (depth rows: a draft cost, which c(n) does not cover)."""
+        n, depth = len(paths) + 1, tree_depth(paths)
+        rows_from = [(0, n)] + [(layer, n * (i + 2)) for i, layer in enumerate(self.module.layers[:depth])]
+        key = self.draft_key(depth)
+        return layered_cost(cost.ratio, rows_from, self.engine.num_layers) + draft_cost(
+            cost, key, self.draft_operations()[key])
+
+    @staticmethod
+    def draft_key(depth: int) -> str:
+        return f"firp:chain-logits:{depth}"
+
+    def draft_operations(self) -> dict:
+        """Decoding a chain of each depth: final norm + LM head on its pseudo rows, top-k."""
+        def probe(depth: int):
+            rows = torch.zeros(depth, self.engine.hidden_size, dtype=self.engine.dtype, device=self.engine.device)
+            return lambda: self.engine.logits(rows).topk(4, dim=-1)
+        return {self.draft_key(d): (lambda d=d: probe(d)) for d in range(1, self.module.steps + 1)}
 
     def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""

@@ -29,8 +29,9 @@ LOOKAHEAD = {"family": "grid", "points": [
 EAGLE = {"family": "grid", "points": [
     {"options": {"depth": 2, "top_k": 2, "total_tokens": 2}, "tokens_per_step": 1.6, "positions": 3, "draft_forwards": 2},
     {"options": {"depth": 3, "top_k": 2, "total_tokens": 6}, "tokens_per_step": 2.2, "positions": 7, "draft_forwards": 3}]}
-FLAT = {"n": [1, 64], "ratio": [1.0, 1.0]}
-STEEP = {"n": [1, 2, 64], "ratio": [1.0, 2.0, 64.0]}
+FIRP_HEAD = {"drafts": {f"firp:chain-logits:{d}": 0.0 for d in (1, 2, 3)}}  # decoding FIRP's chains: free
+FLAT = {"n": [1, 64], "ratio": [1.0, 1.0], **FIRP_HEAD}
+STEEP = {"n": [1, 2, 64], "ratio": [1.0, 2.0, 64.0], **FIRP_HEAD}
 
 
 @pytest.fixture(autouse=True)
@@ -103,9 +104,29 @@ def test_flat_cost_model_buys_a_larger_tree_than_a_steep_one(engine, tmp_path):
     assert flat.describe()["plan"]["costmodel"]["source"] == "given"
 
 
+def test_firp_charges_decoding_its_chains_per_depth_and_falls_back_as_deep_as_it_drafts(engine, tmp_path):
+    """The LM head on a chain's pseudo rows is not in c(n): a costly one buys a shallower tree.
+    A cost model without it cannot plan FIRP; the static tree is then cut to the checkpoint's depth."""
+    write(tmp_path / "firp.profile.json", TREE)
+    free = firp(engine, tmp_path, costmodel=write(tmp_path / "free.json", FLAT))
+    costly = {"firp:chain-logits:1": 0.2, "firp:chain-logits:2": 0.4, "firp:chain-logits:3": 5.0}
+    paid = firp(engine, tmp_path, costmodel=write(tmp_path / "paid.json", {**FLAT, "drafts": costly}))
+    assert paid.shape.depth < free.shape.depth == 3
+    chosen = [tuple(map(int, q.split("."))) for q in paid.describe()["plan"]["chosen"].split(": ")[1].split(";")]
+    assert paid.describe()["plan"]["forward_and_draft_cost"] == pytest.approx(1.0 + costly[
+        f"firp:chain-logits:{max(map(len, chosen))}"], abs=1e-3)
+    two = PseudoChains(engine.hidden_size, (1, 2))
+    save_checkpoint(tmp_path / "two.safetensors", two, {"config": two.config()})
+    write(tmp_path / "two.profile.json", TREE)
+    bare = FIRP(engine, "tiny", checkpoint=str(tmp_path / "two.safetensors"),
+                costmodel=write(tmp_path / "bare.json", {"n": [1, 64], "ratio": [1.0, 1.0]}))
+    assert "no draft cost 'firp:chain-logits:" in bare.describe()["plan"]["fallback"]
+    assert bare.shape.depth == 2 and bare.shape.size > 2  # tiny, cut to two steps
+
+
 def test_step_overheads_are_added_in_units_of_the_baseline_step_and_buy_larger_drafts(engine, tmp_path):
     write(tmp_path / "firp.profile.json", TREE)
-    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0]}
+    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0], **FIRP_HEAD}
     bare = firp(engine, tmp_path, costmodel=write(tmp_path / "bare.json", curve)).describe()["plan"]
     loaded = firp(engine, tmp_path, costmodel=write(tmp_path / "o.json", {**curve, "overheads": {"ar": 0.1, "firp": 2.0}}))
     plan = loaded.describe()["plan"]
@@ -121,7 +142,7 @@ def test_the_chosen_shape_is_predicted_per_tuning_set_when_the_profile_has_them(
     high = {"p": [[0.9, 0.05, 0.0], [0.9, 0.05, 0.0], [0.9, 0.05, 0.0]]}
     low = {"p": [[0.2, 0.1, 0.0], [0.2, 0.1, 0.0], [0.2, 0.1, 0.0]]}
     write(tmp_path / "firp.profile.json", {**TREE, "by_source": {"gsm8k-train": high, "xsum-train": low}})
-    plan = firp(engine, tmp_path, costmodel=write(tmp_path / "c.json", {"n": [1, 64], "ratio": [1.0, 3.0]})).describe()["plan"]
+    plan = firp(engine, tmp_path, costmodel=write(tmp_path / "c.json", {"n": [1, 64], "ratio": [1.0, 3.0], **FIRP_HEAD})).describe()["plan"]
     got = plan["predicted_by_source"]
     assert got["gsm8k-train"] > plan["predicted_speedup"] > got["xsum-train"]
     paths = [tuple(map(int, q.split("."))) for q in plan["chosen"].split(": ")[1].split(";")]

@@ -20,7 +20,7 @@ from harness.train.profile import ProfileConfig, count_tree_steps, measure_profi
 from methods.firp import PseudoChains
 from methods.medusa import MedusaHeads
 
-FLAT = {"n": [1, 64], "ratio": [1.0, 1.0]}
+FLAT = {"n": [1, 64], "ratio": [1.0, 1.0], "drafts": {f"firp:chain-logits:{d}": 0.1 for d in (1, 2)}}
 
 
 @pytest.fixture
@@ -134,27 +134,31 @@ def test_draft_costs_time_heads_against_a_target_forward(engine, tmp_path):
 
 def test_step_overheads_are_measured_again_at_the_shape_they_make_the_plan_choose(tiny_lm, tmp_path, monkeypatch):
     """A fixed loop cost per step buys longer chains: pld's first plan (its own overhead unknown)
-    is re-planned once the overhead is known, and measured again there; the given file is not changed."""
+    is re-planned once the overhead is known, and measured again there, each time against "ar"
+    (and "ar" against one-row forwards); the given file is not changed."""
     from harness.analysis import plans
 
-    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0], "seconds": [0.01] * 6}
+    curve = {"n": [1, 2, 4, 8, 16, 64], "ratio": [1.0, 1.3, 1.6, 2.2, 3.5, 20.0], "seconds": [0.05] * 6}
     cost, profile = tmp_path / "c.json", tmp_path / "pld.profile.json"
     cost.write_text(json.dumps(curve))
     profile.write_text(json.dumps({"family": "chain", "drafted_at_least": [0.6] * 8,
                                    "accepted_at_least": [0.45 * 0.6 ** i for i in range(8)]}))
-    measured = []
+    measured, pace = [], iter([0.01, 0.01, 0.02, 0.02, 0.03, 0.03])  # c(1) seconds: the machine slows down
 
-    def fake_step(dec, method):  # a true loop overhead of 2 c(1) per step at every shape
-        charged = method.planned.record["forward_and_draft_cost"] if method.planned else 1.0
-        measured.append((method.name, method.planned.record["chosen"] if method.planned else ""))
-        return 0.01 * (charged + (2.0 if method.planned else 0.1))
+    def fake_stepper(dec, subject):  # true overheads: ar 0.1, pld 2.0 c(1) per step at every shape
+        c1 = next(pace)
+        if subject is not None and subject.name != "ar":
+            measured.append(subject.planned.record["chosen"])
+        charged = 1.1 if subject is not None and subject.name == "ar" else 1.0
+        if subject is not None and subject.planned is not None:
+            charged = subject.planned.record["forward_and_draft_cost"] + 2.0
+        return lambda prompt: (c1 * charged, 1)
 
-    monkeypatch.setattr(plans, "_seconds_per_step", fake_step)
+    monkeypatch.setattr(plans, "_stepper", fake_stepper)
     got = plans.step_overheads(tiny_lm, ["pld"], {"pld": {"profile": str(profile)}}, str(cost), prompts=2,
                                max_new_tokens=4, progress=False)
     assert got == pytest.approx({"ar": 0.1, "pld": 2.0})
-    shapes = [shape for name, shape in measured if name == "pld"]
-    assert len(shapes) == 2 and shapes[0] != shapes[1], shapes  # measured again at the new shape
+    assert len(measured) == 2 and measured[0] != measured[1], measured  # measured again at the new shape
     assert json.loads(cost.read_text()) == curve
 
 

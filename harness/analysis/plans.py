@@ -13,10 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 import methods as registry
-from harness.core.costmodel import draft_ratio, read, write
+from harness.core.costmodel import draft_ratio, one_row_forward, read, write
 from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
 from harness.train.profile import Decoder, ProfileConfig
@@ -77,7 +78,7 @@ def machine_words(cost: dict) -> list[str]:
 
 
 def draft_costs(engine: Engine, model_key: str, names: list[str], method_args: dict) -> dict[str, float]:
-    """Each method's draft operation (a head or draft-model forward) in units of c(1), timed here.
+    """Each method's draft operations (a head or draft-model forward) in units of c(1), timed here.
     Methods are built with the shape their profiles are measured with, so none plans."""
     out = {}
     for name in names:
@@ -86,9 +87,8 @@ def draft_costs(engine: Engine, model_key: str, names: list[str], method_args: d
         if cls.profile_family == "grid":
             shape = dict(cls.profile_grid[0])
         method = cls(engine, model_key, **{**method_args.get(name, {}), **shape})
-        key = method.draft_cost_key()
-        if key is not None:
-            out[key] = round(draft_ratio(engine, method.draft_probe()), 4)
+        for key, probe in method.draft_operations().items():
+            out[key] = round(draft_ratio(engine, probe()), 4)
     return out
 
 
@@ -100,26 +100,31 @@ def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str,
     the shape (FIRP's insertion layers, a tree's rows), so a method is measured at the shape it
     plans once the overheads are known: one whose plan changes with its measured overhead is
     measured again at the new shape (at most `rounds` measurements; a warning if it still moves).
-    Decoded greedily on `prompts` tuning-set prompts (training splits) after one untimed warm-up
-    turn, on this machine; the file at `costmodel_path` is not changed. Methods that cannot plan
-    (no profile, a draft cost missing) are left out."""
+
+    A machine's speed drifts by several percent over minutes, so nothing is compared with a time
+    taken earlier: "ar" is timed against one-row forwards c(1), and every method against "ar",
+    alternating on each prompt. Decoded greedily on `prompts` tuning-set prompts (training
+    splits) after one untimed warm-up turn each, on this machine; the file at `costmodel_path` is
+    not changed. Methods that cannot plan (no profile, a draft cost missing) are left out."""
     dec = Decoder(lm, ProfileConfig(num_prompts=prompts, max_new_tokens=max_new_tokens), progress=False)
     data = read(Path(costmodel_path))
-    out: dict[str, float] = {}
+    baseline = dec.method("ar", {})
+    per_step = _alternating(dec, {"c1": None, "ar": baseline})
+    out: dict[str, float] = {"ar": round(per_step["ar"] / per_step["c1"] - 1.0, 4)}
     at: dict[str, str] = {}  # the shape each overhead was measured at
     with tempfile.TemporaryDirectory() as tmp:
         working = Path(tmp) / "costmodel.json"
         for final in [False] * rounds + [True]:
             write(working, {**data, "overheads": out})  # what the plans see: the overheads so far
             moved = []
-            for name in tqdm(["ar", *names], desc="step overheads", unit="method",
-                             disable=not progress or final, leave=False):
+            for name in tqdm(names, desc="step overheads", unit="method", disable=not progress or final, leave=False):
                 method, label, charged = _planned(dec, name, method_args, working)
                 if charged is None or at.get(name) == label:
                     continue
                 moved.append(name)
                 if not final:
-                    out[name] = round(_seconds_per_step(dec, method) / data["seconds"][0] - charged, 4)
+                    per_step = _alternating(dec, {"ar": baseline, name: method})
+                    out[name] = round(per_step[name] / per_step["ar"] * (1.0 + out["ar"]) - charged, 4)
                     at[name] = label
             if not moved:
                 break
@@ -132,21 +137,41 @@ def step_overheads(lm, names: list[str], method_args: dict, costmodel_path: str,
 def _planned(dec, name: str, method_args: dict, costmodel: Path):
     """`name` built (its shape planned with the cost model at `costmodel`): (method, the chosen
     shape's label, what the plan charges per step in c(1); None when it did not plan)."""
-    args = {} if name == "ar" else {**method_args.get(name, {}), "costmodel": str(costmodel)}
-    method = dec.method(name, args)
+    method = dec.method(name, {**method_args.get(name, {}), "costmodel": str(costmodel)})
     record = method.planned.record if method.planned is not None else {}
-    charged = 1.0 if name == "ar" else record.get("forward_and_draft_cost")
-    return method, record.get("chosen", name), charged
+    return method, record.get("chosen", name), record.get("forward_and_draft_cost")
 
 
-def _seconds_per_step(dec, method) -> float:
-    """Mean wall time of a decoding step (prefill excluded) over the decoder's prompts."""
-    decode(method, dec.prompts[0], dec.cfg.max_new_tokens, dec.eos, dec.cache)  # warm-up, untimed
-    seconds, steps = 0.0, 0
+def _alternating(dec, subjects: dict) -> dict[str, float]:
+    """Mean seconds per step of each subject (a method, or None: one-row target forwards), timed in
+    turn on every prompt so that a drifting machine affects them alike; one untimed warm-up each."""
+    ops = {key: _stepper(dec, subject) for key, subject in subjects.items()}
+    for op in ops.values():
+        op(dec.prompts[0])
+    totals = {key: [0.0, 0] for key in ops}
     for prompt in dec.prompts:
-        t0 = time.perf_counter()
-        out = decode(method, prompt, dec.cfg.max_new_tokens, dec.eos, dec.cache)
-        synchronize(method.engine.device)
-        seconds += time.perf_counter() - t0 - out.prefill_time
-        steps += len(out.accept_lengths) - 1
-    return seconds / max(1, steps)
+        for key, op in ops.items():
+            seconds, steps = op(prompt)
+            totals[key][0] += seconds
+            totals[key][1] += steps
+    return {key: seconds / max(1, steps) for key, (seconds, steps) in totals.items()}
+
+
+def _stepper(dec, subject):
+    """prompt -> (seconds, steps): a decode with the method `subject` (prefill excluded), or for
+    None as many one-row forwards as a decode has steps at most."""
+    engine = dec.engine
+    one = one_row_forward(engine) if subject is None else None
+
+    def op(prompt: list[int]) -> tuple[float, int]:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            if subject is None:
+                for _ in range(dec.cfg.max_new_tokens):
+                    one()
+                synchronize(engine.device)
+                return time.perf_counter() - t0, dec.cfg.max_new_tokens
+            out = decode(subject, prompt, dec.cfg.max_new_tokens, dec.eos, dec.cache)
+            synchronize(engine.device)
+            return time.perf_counter() - t0 - out.prefill_time, len(out.accept_lengths) - 1
+    return op

@@ -45,7 +45,7 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
 @dtype_option
 @click.option("--prefix", type=int, default=256, show_default=True, help="Committed positions in the KV cache before the timed rows.")
 @click.option("--repeats", type=int, default=7, show_default=True, help="Timed forwards per n (median kept), after 2 warm-up rounds.")
-@click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1,2,3,4,6,8,12,16,24,32,48,64).")
+@click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1-16, then every 4th up to 64).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
 @click.option("--drafts", default=None, metavar="METHODS",

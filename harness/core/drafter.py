@@ -82,11 +82,13 @@ class TreeDrafter(Method):
         self.recorded: list[torch.Tensor] | None = None  # set to [] to keep each step's top candidates
 
     def tree_paths(self) -> list[TreePath]:
-        """The tree option's paths; `auto` plans them (or falls back to DEFAULT_TREE)."""
+        """The tree option's paths; `auto` plans them (or falls back to DEFAULT_TREE, cut to the
+        checkpoint's depth)."""
         if self.config["tree"] != AUTO:
             return resolve_tree(self.config["tree"], self.module.steps)
-        self.planned: Planned = plan_shape(self, "tree", (resolve_tree(DEFAULT_TREE, self.module.steps), DEFAULT_TREE),
-                                           self.tree_choices)
+        steps = self.module.steps
+        fallback = [p for p in resolve_tree(DEFAULT_TREE, steps) if len(p) <= steps]  # as deep as it drafts
+        self.planned: Planned = plan_shape(self, "tree", (fallback, DEFAULT_TREE), self.tree_choices)
         return self.planned.shape
 
     def tree_choices(self, profile: dict, cost) -> list[Choice]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -153,6 +153,12 @@ class Method:
     def draft_probe(self):
         """A zero-argument callable doing one draft operation, for timing (see draft_cost_key)."""
         raise NotImplementedError
+
+    def draft_operations(self) -> dict[str, Callable[[], Callable[[], object]]]:
+        """Every draft operation a plan of this method may charge, {cost-model key: probe}, for
+        `spec-harness costmodel --drafts` to time (by default the one of draft_cost_key)."""
+        key = self.draft_cost_key()
+        return {} if key is None else {key: self.draft_probe}
 
     # -- the decoding hooks ------------------------------------------------------------------
     def begin(self, prompt_ids: list[int]) -> None:
