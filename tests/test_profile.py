@@ -162,6 +162,23 @@ def test_step_overheads_are_measured_again_at_the_shape_they_make_the_plan_choos
     assert json.loads(cost.read_text()) == curve
 
 
+def test_step_times_alternate_between_subjects_on_every_prompt(tiny_lm, monkeypatch):
+    """Each subject (a method, or None: one-row forwards) is run once untimed, then in turn on each prompt."""
+    from harness.analysis import plans
+    from harness.train.profile import Decoder
+
+    dec = Decoder(tiny_lm, ProfileConfig(num_prompts=2, max_new_tokens=6), progress=False)
+    order, real = [], plans._stepper
+
+    def logged(dec, subject):
+        op = real(dec, subject)
+        return lambda prompt: (order.append("c1" if subject is None else subject.name), op(prompt))[1]
+
+    monkeypatch.setattr(plans, "_stepper", logged)
+    got = plans._alternating(dec, {"c1": None, "ar": dec.method("ar", {})})
+    assert order == ["c1", "ar"] * 3 and set(got) == {"c1", "ar"} and min(got.values()) > 0
+
+
 def test_costmodel_update_needs_drafts_and_the_same_model(tiny_model_dir, tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**FLAT, "seconds": [0.01, 0.01], "model": "another-model"}))
