@@ -164,11 +164,8 @@ class CostModel:
     given: bool
     engine: Engine | None = None
 
-    def __post_init__(self):
-        self._curve = {"n": self.data["n"], "ratio": self.data["ratio"]}
-
     def ratio(self, n: float) -> float:
-        return ratio_at(self._curve, n)
+        return ratio_at(self.data, n)
 
     def draft(self, key: str, probe: Callable[[], Callable[[], object]]) -> float | None:
         """The cost of the draft operation `key` in units of c(1); measured with `probe()` (which
