@@ -122,7 +122,7 @@ def _bound_panel(ax, data: pd.DataFrame, colors: dict) -> None:
                     hatch="//", label="bound tau * c(1) / c(n)")
     bar_labels(ax, bounds)
     ax.axhline(1.0, color="0.4", ls="--", lw=1)
-    ax.set_xticks(xs, [f"{m}\n{d}" for m, d in zip(data["method"], data["dataset"])], rotation=35, ha="right",
+    ax.set_xticks(xs, [f"{m} ({d})" for m, d in zip(data["method"], data["dataset"])], rotation=60, ha="right",
                   rotation_mode="anchor", fontsize=8)
     ax.set_ylabel(SPEEDUP_LABEL)
     ax.set_ylim(0, max(data["bound"].max(), data["speedup_ci_high"].max()) * 1.25)
@@ -145,7 +145,8 @@ def cost_model(summary: pd.DataFrame, manifest: dict, cost: dict, out_dir: Path)
     colors, markers, methods, datasets = styles(manifest, summary, data)
     data = data.assign(order=[(datasets.index(d), methods.index(m)) for m, d in zip(data["method"], data["dataset"])])
     data = data.sort_values("order").drop(columns="order").reset_index(drop=True)
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]},
+    width = max(14.0, 6.0 + 0.3 * len(data))  # room for every method x dataset pair's label
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(width, 5.5), gridspec_kw={"width_ratios": [1, 1.4]},
                                            layout="constrained")
     _curve_panel(left, curve, data, cost, colors, markers)
     _bound_panel(right, data, colors)
