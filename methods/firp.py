@@ -151,20 +151,21 @@ class FIRP(TreeDrafter):
         chain (depth rows: a draft cost, which c(n) does not cover)."""
         n, depth = len(paths) + 1, tree_depth(paths)
         rows_from = [(0, n)] + [(layer, n * (i + 2)) for i, layer in enumerate(self.module.layers[:depth])]
-        key = self.draft_key(depth)
         return layered_cost(cost.ratio, rows_from, self.engine.num_layers) + draft_cost(
-            cost, key, self.draft_operations()[key])
+            cost, self.draft_key(depth), lambda: self.chain_decode(depth))
 
     @staticmethod
     def draft_key(depth: int) -> str:
         return f"firp:chain-logits:{depth}"
 
+    def chain_decode(self, depth: int):
+        """The draft operation of a tree `depth` deep: final norm + LM head on its chain's
+        pseudo rows, top-k."""
+        rows = torch.zeros(depth, self.engine.hidden_size, dtype=self.engine.dtype, device=self.engine.device)
+        return lambda: self.engine.logits(rows).topk(4, dim=-1)
+
     def draft_operations(self) -> dict:
-        """Decoding a chain of each depth: final norm + LM head on its pseudo rows, top-k."""
-        def probe(depth: int):
-            rows = torch.zeros(depth, self.engine.hidden_size, dtype=self.engine.dtype, device=self.engine.device)
-            return lambda: self.engine.logits(rows).topk(4, dim=-1)
-        return {self.draft_key(d): (lambda d=d: probe(d)) for d in range(1, self.module.steps + 1)}
+        return {self.draft_key(d): (lambda d=d: self.chain_decode(d)) for d in range(1, self.module.steps + 1)}
 
     def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""

@@ -160,18 +160,18 @@ def _alternating(dec, subjects: dict) -> dict[str, float]:
 def _stepper(dec, subject):
     """prompt -> (seconds, steps): a decode with the method `subject` (prefill excluded), or for
     None as many one-row forwards as a decode has steps at most."""
-    engine = dec.engine
+    engine, budget = dec.engine, dec.cfg.max_new_tokens
     one = one_row_forward(engine) if subject is None else None
 
+    @torch.inference_mode()
     def op(prompt: list[int]) -> tuple[float, int]:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            if subject is None:
-                for _ in range(dec.cfg.max_new_tokens):
-                    one()
-                synchronize(engine.device)
-                return time.perf_counter() - t0, dec.cfg.max_new_tokens
-            out = decode(subject, prompt, dec.cfg.max_new_tokens, dec.eos, dec.cache)
+        t0 = time.perf_counter()
+        if one is not None:
+            for _ in range(budget):
+                one()
             synchronize(engine.device)
-            return time.perf_counter() - t0 - out.prefill_time, len(out.accept_lengths) - 1
+            return time.perf_counter() - t0, budget
+        out = decode(subject, prompt, budget, dec.eos, dec.cache)
+        synchronize(engine.device)
+        return time.perf_counter() - t0 - out.prefill_time, len(out.accept_lengths) - 1
     return op
