@@ -6,7 +6,8 @@ from harness.core.method import Method
 
 
 class Autoregressive(Method):
-    """One token per target forward; the shared loop with an empty draft."""
+    """One token per target forward: the shared loop's one-row step, no draft."""
 
     name = "ar"
     summary = "autoregressive greedy decoding (the baseline)"
+    drafts = False

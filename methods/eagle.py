@@ -49,8 +49,9 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from harness.core.checkpoint import shown_path
 from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.drafter import frozen_module, load_frozen
-from harness.core.engine import Context, Engine, KVCache
-from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.cache import KVCache
+from harness.core.engine import Context, Engine
+from harness.core.method import AUTO, Method, MethodError, Option, Step
 from harness.core.planning import (
     PLANNING_OPTIONS,
     check_options,
@@ -128,7 +129,7 @@ class EagleHead(nn.Module):
         inputs = feats[:, :-1]
         if torch.is_grad_enabled() and w["noise"]:  # training only (evaluation runs without grad)
             inputs = inputs + (torch.rand_like(inputs) - 0.5) * w["noise"] * 512 / inputs.shape[-1]
-        ctx = engine.context(torch.arange(T - 1, device=engine.device).expand(B, T - 1), None, None, start=0)
+        ctx = engine.context(torch.arange(T - 1, device=engine.device).expand(B, T - 1), None, None)
         pred = gather_rows(self(inputs, batch.ids[:, 1:].to(engine.device), ctx), batch.hang)  # [B, m, d]
         real = gather_rows(feats, batch.hang + 1)  # [B, m, d]
         ok = batch.hang_ok & (batch.hang + 1 < batch.lengths[:, None])  # [B, m]
@@ -220,48 +221,60 @@ class Eagle(Method):
         tokens = torch.ones(1, k, dtype=torch.long, device=eng.device)  # [1, k]
         positions = torch.full((k,), DEFAULT_PREFIX, device=eng.device)
 
+        cache.truncate(DEFAULT_PREFIX)
+
         def op():
-            ctx = eng.context(positions, None, cache, start=DEFAULT_PREFIX)
+            ctx = eng.context(positions, None, cache)
             return self.head.lm_head(self.head(feats, tokens, ctx)).topk(k, dim=-1)
         return op
 
-    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def prepare(self, cache: KVCache) -> None:
+        """The head's own cache: the target's positions plus the rows of a draft tree."""
         room = cache.max_len + self.config["depth"] * self.config["top_k"]
         if self._cache is None or self._cache.max_len < room:
             self._cache = self.head.new_cache(room, self.engine.device, self.engine.dtype)
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        self.prepare(cache)
         self._cache.reset()
-        self._prompt = ids
+        self._prompt = ids  # [1, P]
         return super().prefill(ids, cache)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         """Keep the features of the newly committed rows and their next tokens (but the pending
-        token, which propose() receives)."""
+        token, which propose() receives). hidden: [1, n, d]; one sequence."""
         if tree is None:  # the prompt: every row
-            self._feats, self._tokens = self.engine.norm(hidden[: path[-1] + 1]), self._prompt[1:]
-        else:
-            self._feats, self._tokens = self.engine.norm(hidden[path]), tree.tokens[path[1:]]
+            self._feats, self._tokens = self.engine.norm(hidden[0, : step.paths[0][-1] + 1]), self._prompt[0, 1:]
+            return
+        rows = path_rows(step.on_path[0], len(step.paths[0]))  # [a] the path's nodes, on the device
+        self._feats, self._tokens = self.engine.norm(hidden[0].index_select(0, rows)), tree.tokens[0].index_select(0, rows[1:])
 
-    def _head(self, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, start: int,
+    def _head(self, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, offset: int,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One head forward of rows at head-cache slots [start, start + n) -> outputs [n, d]."""
-        ctx = self.engine.context(positions, None, self._cache, start=start, full_mask=mask)
+        """One head forward of rows at head-cache slots length + offset + i -> outputs [n, d]."""
+        ctx = self.engine.context(positions, None, self._cache, offset=offset, full_mask=mask)
         self.engine.count_draft()
         return self.head(feats[None], tokens[None], ctx)[0]
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
         eng, hc, C = self.engine, self._cache, cache.length
         depth, k = self.config["depth"], self.config["top_k"]
-        root_t = torch.tensor([root], device=eng.device)
-        new = torch.cat([self._tokens, root_t])  # [a] tokens t + 1 of the rows committed since the last step
-        out = self._head(self._feats, new, torch.arange(hc.length, C, device=eng.device), hc.length)  # [a, d]
-        hc.length = C  # committed: head rows 0 .. C-1 now hold real features
-        draft = DraftTree(root_t, torch.log_softmax(self.head.lm_head(out[-1]).float(), -1), k)
+        new = torch.cat([self._tokens, pending])  # [a] tokens t + 1 of the rows committed since the last step
+        out = self._head(self._feats, new, hc.lengths + hc.arange(C - hc.length), 0)  # [a, d]
+        hc.advance(C - hc.length)  # committed: head rows 0 .. C-1 now hold real features
+        draft = DraftTree(pending, torch.log_softmax(self.head.lm_head(out[-1]).float(), -1), k)
         hidden = out[-1:].expand(k, -1)  # [k, d] the frontier's input features
         seen = torch.eye(k, dtype=torch.bool, device=eng.device)  # [k, k*(level+1)] draft rows each sees
         for level in range(depth - 1):
             mask = torch.cat([seen.new_ones(k, C), seen], dim=1)[None, None]
-            positions = torch.full((k,), C + level, device=eng.device)
-            out = self._head(hidden, draft.frontier_tokens, positions, C + level * k, mask)  # [k, d]
+            positions = hc.lengths + level  # [1] broadcast over the k frontier rows
+            out = self._head(hidden, draft.frontier_tokens, positions.expand(k), level * k, mask)  # [k, d]
             rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))
             hidden, seen = out[rows], torch.cat([seen[rows], torch.eye(k, dtype=torch.bool, device=eng.device)], 1)
         return draft.tree(self.config["total_tokens"])
+
+
+def path_rows(on_path: torch.Tensor, count: int) -> torch.Tensor:
+    """[n] bool accepted nodes -> [count] their indices, ascending, without reading the device
+    (count is known on the host)."""
+    return torch.argsort((~on_path).to(torch.int8), stable=True)[:count]

@@ -76,11 +76,11 @@ class DraftTree:
 
 
 def tree_from_parents(tokens: torch.Tensor, parents: torch.Tensor, depth: int) -> Tree:
-    """Tree.from_parents on the device: parents [n] (parents[0] = -1, parents[i] < i) of a tree at
+    """One sequence's Tree ([1, n]) built on the device: parents [n] (parents[0] = -1, parents[i] < i) of a tree at
     most `depth` deep; the ancestor mask grows one generation per round."""
     n = tokens.numel()
     up = parents.clamp(min=0)  # the root is its own parent here, which adds nothing
     mask = torch.eye(n, dtype=torch.bool, device=tokens.device)
     for _ in range(depth):
         mask = mask | mask[up]
-    return Tree(tokens, parents, mask.sum(dim=1) - 1, mask)
+    return Tree(tokens[None], parents[None], (mask.sum(dim=1) - 1)[None], mask[None])

@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from harness.core.drafter import TreeDrafter, tree_options
-from harness.core.engine import Engine, KVCache, PrefixKV
+from harness.core.cache import KVCache, PrefixKV
+from harness.core.engine import Engine
 from harness.core.planner import Path, layered_cost, tree_depth
 from harness.core.planning import draft_cost
+from harness.core.method import Step
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 
@@ -121,7 +123,7 @@ class PseudoChains(nn.Module):
         real_vis = torch.arange(T, device=dev)[None, None, :] <= batch.hang[:, :, None]  # [B, m, T]
         mask = self.chain_mask(real_vis)[:, None]  # [B, 1, K*m, T + K*m]
         positions = (batch.hang[:, None, :] + offsets).view(B, K * m)
-        ctx = engine.context(positions, None, PrefixKV(tp.kv), start=T, full_mask=mask)
+        ctx = engine.context(positions, None, PrefixKV(tp.kv), full_mask=mask)
         h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=dev)
         real_at = lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang)  # noqa: E731
         h = engine.run_layers(h, ctx, self.layers[0], inserts=self.inserts(real_at, m))
@@ -168,40 +170,43 @@ class FIRP(TreeDrafter):
         return {self.draft_key(d): (lambda d=d: self.chain_decode(d)) for d in range(1, self.module.steps + 1)}
 
     def _layout(self, tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask [N, N] and position offsets [N] of a tree plus one chain per node (memoised per shape)."""
-        key = id(tree.mask)
+        """Mask [B, N, N] and position offsets [B, N] of a tree plus one chain per node, memoised
+        per tree shape (the shape's template: a tree's mask is a view of it)."""
+        key = (tree.mask.data_ptr(), tuple(tree.mask.shape))
         if key not in self._memo:
-            n, K = tree.size, self.steps
-            top = torch.cat([tree.mask, torch.zeros(n, K * n, dtype=torch.bool, device=tree.mask.device)], 1)
-            mask = torch.cat([top, self.chains.chain_mask(tree.mask, K)], 0)
-            offsets = torch.cat([tree.depths + i for i in range(K + 1)])
-            self._memo = {key: (mask, offsets, tree.mask)}  # keep tree.mask alive so its id stays unique
+            (B, n), K = tree.tokens.shape, self.steps
+            top = torch.cat([tree.mask, torch.zeros(B, n, K * n, dtype=torch.bool, device=tree.mask.device)], 2)
+            mask = torch.cat([top, self.chains.chain_mask(tree.mask, K)], 1)
+            offsets = torch.cat([tree.depths + i for i in range(K + 1)], 1)
+            self._memo = {key: (mask, offsets, tree.mask)}  # keeps the template alive, so its address stays its own
         return self._memo[key][:2]
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The baseline's causal prefill, keeping the last prompt token's state at the insertion
         layers; then that token's pseudo chain runs through the upper layers only, attending to
         the complete prompt cache (its K/V slots are overwritten by the next verify). Booked as
-        one target forward of P + K rows."""
-        eng, P, K = self.engine, ids.numel(), self.steps
-        hidden_at, h = eng.capture_pass(ids[None], self.chains.layers[:K], cache)
+        one target forward of P + K rows. ids: [B, P] (prompts of one length)."""
+        eng, (B, P), K = self.engine, ids.shape, self.steps
+        hidden_at, h = eng.capture_pass(ids, self.chains.layers[:K], cache)
         eng.count(P + K)
         chain = self.chains.chain_mask(torch.ones(1, 0, dtype=torch.bool, device=eng.device), K)  # [K, K]
-        ctx = eng.context(P - 1 + torch.arange(1, K + 1, device=eng.device), chain, cache, start=P)
+        positions = P - 1 + torch.arange(1, K + 1, device=eng.device)  # [K]
+        ctx = eng.context(positions, chain, cache, offset=P)
         inserts = self.chains.inserts(lambda layer, _h: hidden_at[layer][:, -1:], 1, K)
-        pseudo = eng.run_layers(h.new_zeros(1, 0, h.shape[-1]), ctx, self.chains.layers[0], inserts=inserts)
-        self._pseudo, self._offset = pseudo[0].view(K, 1, -1), P - 1
-        return h[0]
+        pseudo = eng.run_layers(h.new_zeros(B, 0, h.shape[-1]), ctx, self.chains.layers[0], inserts=inserts)
+        self._pseudo, self._offset = pseudo.view(B, K, 1, -1), P - 1
+        return h
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
-        n = tree.size
+        (B, n), K = tree.tokens.shape, self.steps
         mask, offsets = self._layout(tree)
-        inserts = self.chains.inserts(lambda layer, h: h[:, :n], n, self.steps)
-        h = self.engine.forward(tree.tokens, offsets + cache.length, mask, cache, inserts=inserts)[0]
-        self._pseudo, self._offset = h[n:].view(self.steps, n, -1), 0
-        return h[:n]
+        inserts = self.chains.inserts(lambda layer, h: h[:, :n], n, K)
+        h = self.engine.forward(tree.tokens, offsets + cache.lengths[:, None], mask, cache, inserts=inserts)
+        self._pseudo, self._offset = h[:, n:].view(B, K, n, -1), 0  # [B, K, n, d]
+        return h[:, :n]
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
-        node = path[-1] - self._offset
-        self.set_candidates(self.engine.logits(self._pseudo[:, node]))  # [K, V]
-
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
+        """The accepted node's chain, decoded: the next step's candidates."""
+        B, K, _, d = self._pseudo.shape
+        node = (step.best - self._offset)[:, None, None, None].expand(B, K, 1, d)
+        self.set_candidates(self.engine.logits(self._pseudo.gather(2, node)[:, :, 0]))  # [B, K, V]

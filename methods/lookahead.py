@@ -33,8 +33,9 @@ from typing import Sequence
 
 import torch
 
-from harness.core.engine import Engine, KVCache
-from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.cache import KVCache
+from harness.core.engine import Engine
+from harness.core.method import AUTO, Method, MethodError, Option, Step
 from harness.core.planning import PLANNING_OPTIONS, check_options, grid_point
 from harness.core.tree import Tree
 
@@ -118,19 +119,19 @@ def window_layout(levels: int, columns: int, device: torch.device | str) -> tupl
 
 
 def joint_mask(tree_mask: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
-    """[n, n] tree mask and [R, R] window mask -> [n + R, n + R]: tree rows first, window rows
-    see the root (row 0) besides their own window rows, tree rows never see the window."""
-    n, r = tree_mask.shape[0], window_mask.shape[0]
-    mask = torch.zeros(n + r, n + r, dtype=torch.bool, device=tree_mask.device)
-    mask[:n, :n] = tree_mask
-    mask[n:, 0] = True
-    mask[n:, n:] = window_mask
-    return mask
+    """[B, n, n] tree mask and [R, R] window mask -> [B, n + R, n + R]: tree rows first, window
+    rows see the root (row 0) besides their own window rows, tree rows never see the window."""
+    B, n, _ = tree_mask.shape
+    r, dev = window_mask.shape[0], tree_mask.device
+    top = torch.cat([tree_mask, torch.zeros(B, n, r, dtype=torch.bool, device=dev)], dim=2)
+    root = torch.ones(B, r, 1, dtype=torch.bool, device=dev)
+    bottom = torch.cat([root, torch.zeros(B, r, n - 1, dtype=torch.bool, device=dev), window_mask.expand(B, r, r)], dim=2)
+    return torch.cat([top, bottom], dim=1)
 
 
-def build_trie(root: int, grams: Sequence[Sequence[int]], limit: int, device: torch.device | str) -> Tree:
-    """The candidates (continuations of root) merged into a trie rooted at root, parents first;
-    a candidate that would take it past `limit` nodes is left out."""
+def trie(root: int, grams: Sequence[Sequence[int]], limit: int) -> tuple[list[int], list[int]]:
+    """The candidates (continuations of root) merged into a trie rooted at root, parents first,
+    as (tokens, parents) on the host; a candidate that would take it past `limit` nodes is left out."""
     tokens, parents, child = [root], [-1], {}  # child: (parent node, token) -> node
     for gram in grams:
         node, shared = 0, 0
@@ -144,7 +145,7 @@ def build_trie(root: int, grams: Sequence[Sequence[int]], limit: int, device: to
             tokens.append(tok)
             parents.append(node)
             node = len(tokens) - 1
-    return Tree.from_parents(torch.tensor(tokens, dtype=torch.long, device=device), parents)
+    return tokens, parents
 
 
 def resolve_sizes(config: dict, given: dict, name: str = "lookahead") -> tuple[int, int, int]:
@@ -207,8 +208,8 @@ class Lookahead(Method):
         self.pool = NGramPool(self.guess)
         self.window: Window | None = None
         self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._window_hidden: torch.Tensor | None = None  # [R, d] window rows of the last forward
-        self._root = -1  # the pending token of the current step
+        self._outputs: torch.Tensor | None = None  # [1, C] the newest level's guesses of the last forward
+        self._root = self._prev_root = -1  # the pending token; the root of the forward just verified
 
     def describe(self) -> dict:
         out = super().describe()
@@ -216,48 +217,60 @@ class Lookahead(Method):
         return out
 
     # -- the decoding hooks ------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Also starts a new turn: empty pool, level 0 seeded from the prompt's tokens."""
-        prompt = self.engine.host(ids)
-        seeds = random.Random(0).choices(prompt, k=self.width + self.ngram - 3)
+    def begin(self, prompt_ids: list[int]) -> None:
+        """A new turn: empty pool, level 0 seeded from the prompt's tokens (host ids: no read)."""
+        seeds = random.Random(0).choices(prompt_ids, k=self.width + self.ngram - 3)
         self.window, self.pool = Window(self.width, self.ngram, seeds), NGramPool(self.guess)
-        self._window_hidden = None
-        return super().prefill(ids, cache)
+        self._outputs = None
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        self._root = root
-        return build_trie(root, self.pool.lookup(root), cache.max_len - cache.length, self.engine.device)
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
+        """The pending token for the next trie; the window's Jacobi step from the outputs read
+        with the loop's own read (extra_read); its n-grams to the pool."""
+        self._root = step.tokens[0][-1]
+        if tree is not None and step.extra is not None:
+            for gram in self.window.advance(self._prev_root, step.extra[0]):
+                self.pool.add(gram)
+
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
+        """The pool's n-grams starting with the pending token, as a trie (built on the host, sent
+        in one non-blocking copy). pending: [1] (its host value came through observe)."""
+        self._prev_root = self._root
+        tokens, parents = trie(self._root, self.pool.lookup(self._root), cache.max_len - cache.length)
+        return Tree.from_host(tokens, parents, self.engine.upload)
+
+    def prepare(self, cache: KVCache) -> None:
+        """The window's layout at every shape it takes (warm-up levels, then full), built once:
+        no host-made tensor is sent to the device inside a turn."""
+        for level in range(1, self.ngram):
+            key = (level, self.width + self.ngram - 1 - level)  # levels, columns
+            if key not in self._layouts:
+                self._layouts[key] = window_layout(*key, self.engine.device)
 
     def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(offsets [R], window mask [R, R]) of the current window shape, built once per shape."""
+        """(offsets [R], window mask [R, R]) of the current window shape (made by prepare)."""
         key = (len(self.window.levels), self.window.columns)
         if key not in self._layouts:
             self._layouts[key] = window_layout(*key, self.engine.device)
         return self._layouts[key]
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
-        """Tree rows, then window rows, in one forward; returns hidden [n, d] of the tree rows."""
+        """Tree rows, then window rows, in one forward; returns hidden [1, n, d] of the tree rows
+        and keeps the window's newest level's greedy outputs for the loop's read."""
         n, window = tree.size, self.window.tokens()
+        self._outputs = None
         if n + len(window) > cache.max_len - cache.length:  # no room left: verify only, window waits
-            self._window_hidden = None
             return super().verify(tree, cache)
         offsets, window_mask = self.layout()
-        ids = torch.cat([tree.tokens, torch.tensor(window, dtype=torch.long, device=tree.tokens.device)])  # [N]
-        positions = cache.length + torch.cat([tree.depths, offsets])  # [N]
-        h = self.engine.forward(ids, positions, joint_mask(tree.mask, window_mask), cache)[0]  # [N, d]
-        self._window_hidden = h[n:]
-        return h[:n]
-
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
-        """Jacobi step of the newest level (logits of its C rows only); n-grams to the pool. The
-        outputs are read on the host: lookahead's second host read per step (the pool is a dict)."""
-        if tree is None or self._window_hidden is None:
-            return
+        ids = torch.cat([tree.tokens, self.engine.upload(window)[None]], dim=1)  # [1, N]
+        positions = cache.lengths[:, None] + torch.cat([tree.depths, offsets[None]], dim=1)  # [1, N]
+        h = self.engine.forward(ids, positions, joint_mask(tree.mask, window_mask), cache)  # [1, N, d]
         columns = self.window.columns
         if len(self.window.levels) == 1:  # level 0 alone: its column 0 is the root, tree row 0
-            newest = torch.cat([hidden[:1], self._window_hidden])  # [C, d]
+            newest = torch.cat([h[:, :1], h[:, n:]], dim=1)  # [1, C, d]
         else:
-            newest = self._window_hidden[-columns:]  # [C, d]
-        outputs = self.engine.host(self.engine.logits(newest).float().argmax(dim=-1))
-        for gram in self.window.advance(self._root, outputs):
-            self.pool.add(gram)
+            newest = h[:, -columns:]  # [1, C, d]
+        self._outputs = self.engine.logits(newest).argmax(dim=-1)  # [1, C]: the Jacobi step's guesses
+        return h[:, :n]
+
+    def extra_read(self) -> torch.Tensor | None:
+        return self._outputs

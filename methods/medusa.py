@@ -26,7 +26,7 @@ from torch import nn
 from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.drafter import TreeDrafter, frozen_module, tree_options
 from harness.core.engine import Engine
-from harness.core.method import MethodError
+from harness.core.method import MethodError, Step
 from harness.core.planner import Path as TreePath
 from harness.core.planning import draft_cost
 from harness.core.tree import Tree
@@ -137,9 +137,9 @@ class Medusa(TreeDrafter):
         normed = torch.zeros(self.engine.hidden_size, dtype=self.engine.dtype, device=self.engine.device)
         return lambda: self.module(normed).topk(4, dim=-1)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
-        normed = self.engine.norm(hidden[path[-1]])
-        self.set_candidates(self.module(normed)[: self.shape.depth])  # [depth, V]
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
+        normed = self.engine.norm(step.rows(hidden))  # [B, d] the accepted node's state
+        self.set_candidates(self.module(normed)[: self.shape.depth].transpose(0, 1))  # [B, depth, V]
 
 
 RELEASED_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt", "medusa_lm_head.bin")

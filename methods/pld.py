@@ -8,11 +8,12 @@ a chain draft. No match: a plain one-token step. The shared loop verifies the ch
 target forward, so decoding stays exact. k = auto (the default) plans k for the hardware from the
 model's chain profile (how often a match drafts and is accepted at each depth) and cost model.
 
-The context lives on the host: the prompt arrives through `begin`, the root through `propose`,
-the accepted draft tokens through `observe` (the path indexes the host-built draft). An index
-keeps, per n, where the most recent occurrence of every n-gram ended, updated as tokens are
-committed: a lookup is a few dict probes, never a rescan of the context, and PLD adds no host
-read to the loop.
+The context lives on the host: the prompt arrives through `begin`, every committed token
+(accepted drafts and the target's next token) through `observe`, from the loop's one read per
+step. An index keeps, per n, where the most recent occurrence of every n-gram ended, updated as
+tokens are committed: a lookup is a few dict probes, never a rescan of the context. The draft
+goes to the device through Engine.upload (pinned, non-blocking on CUDA): PLD adds no wait to
+the loop.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Iterable
 
 import torch
 
-from harness.core.engine import KVCache
-from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.cache import KVCache
+from harness.core.method import AUTO, Method, MethodError, Option, Step
 from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options
-from harness.core.tree import Tree
+from harness.core.tree import ChainLayouts, Tree
 
 STATIC_K = 10  # without a profile: Saxena's and Spec-Bench's value
 
@@ -90,7 +91,7 @@ class PromptLookup(Method):
         super().__init__(engine, model_key, **values)
         self.k = chain_k(self, STATIC_K)
         self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
-        self._draft: list[int] = []  # the draft tokens of the last proposal, on the host
+        self._chains = ChainLayouts()
 
     # -- the decoding hooks ------------------------------------------------------------------
     def begin(self, prompt_ids: list[int]) -> None:
@@ -98,12 +99,13 @@ class PromptLookup(Method):
         self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
         self.index.extend(prompt_ids)
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        self.index.extend([root])
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
+        """The pending token (already in the index: the loop read it) and the continuation of the
+        context's latest earlier match. pending: [1]."""
         room = cache.max_len - cache.length - 1  # verify needs 1 + drafts slots
-        self._draft = self.index.lookup(min(self.k, room)) if room > 0 else []
-        return Tree.chain(torch.tensor([root, *self._draft], dtype=torch.long, device=self.engine.device))
+        draft = self.index.lookup(min(self.k, room)) if room > 0 else []
+        tokens = torch.cat([pending, self.engine.upload(draft)]) if draft else pending
+        return Tree.chain(tokens[None], self._chains)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
-        if tree is not None:
-            self.index.extend(self._draft[:len(path) - 1])  # the accepted draft tokens, committed
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
+        self.index.extend(step.tokens[0])  # the committed tokens: accepted drafts, then the pending one

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from harness.core.engine import Engine, KVCache
-from harness.core.method import Method, MethodError, Option
-from harness.core.tree import Tree
+from harness.core.cache import KVCache
+from harness.core.engine import Engine
+from harness.core.method import Method, MethodError, Option, Step
+from harness.core.tree import ChainLayouts, Tree
 
 ARTIFACT_NAME = "self-spec"
 
@@ -139,6 +140,7 @@ class SelfSpeculative(Method):
         self.skip.check(engine.num_layers)
         self.rule = ThresholdRule(self.config["threshold"], self.config["adaptive"])
         self.drafted = self.accepted = 0  # draft tokens verified / accepted, over the method's life
+        self._chains = ChainLayouts()
 
     def weights_path(self) -> Path:
         path = self.artifact_path(self.model_key, self.config["checkpoint"])
@@ -170,31 +172,30 @@ class SelfSpeculative(Method):
         return out
 
     # -- the decoding hooks ------------------------------------------------------------------
-    def draft_logits(self, token: torch.Tensor, slot: int, cache: KVCache) -> torch.Tensor:
-        """One draft-model forward of token [1, 1] at position/slot `slot` -> logits [V]. Not a
-        target forward: it bypasses engine.forward and its counters."""
+    def draft_logits(self, token: torch.Tensor, offset: int, cache: KVCache) -> torch.Tensor:
+        """One draft-model forward of token [1, 1] at slot (and position) cache length + offset ->
+        logits [V]. Not a target forward: it bypasses engine.forward and its counters."""
         eng = self.engine
-        ctx = eng.context(torch.full((1,), slot, device=eng.device), None, cache, start=slot)  # no blocking copy
+        ctx = eng.context(cache.lengths[:, None] + offset, None, cache, offset=offset)
         h = eng.run_layers(eng.embed(token), ctx, skip_attn=self.skip.attn, skip_mlp=self.skip.mlp)  # [1, 1, d]
         return eng.logits(h[0, -1])
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
         """A chain root, d1, d2, ...: d_k drafted by the row at slot cache.length + k - 1."""
-        start = cache.length
-        room = min(self.config["max_draft"], cache.max_len - start - 1)  # verify needs 1 + drafts slots
-        tokens = [torch.tensor([root], device=self.engine.device)]  # each [1]
+        room = min(self.config["max_draft"], cache.max_len - cache.length - 1)  # verify needs 1 + drafts slots
+        tokens = [pending]  # each [1]
         for j in range(room):
-            probs = self.draft_logits(tokens[-1].view(1, 1), start + j, cache).float().softmax(-1)  # [V]
+            probs = self.draft_logits(tokens[-1].view(1, 1), j, cache).float().softmax(-1)  # [V]
             p, tok = probs.max(-1)
             tokens.append(tok.view(1))
             if self.engine.host(p) < self.rule.value:  # one host read per draft token: the exit rule
                 break
-        return Tree.chain(torch.cat(tokens))
+        return Tree.chain(torch.cat(tokens)[None], self._chains)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         if tree is None:  # the prefill: nothing was drafted
             return
-        drafted, accepted = tree.draft_size, len(path) - 1
+        drafted, accepted = tree.draft_size, len(step.paths[0]) - 1
         self.drafted += drafted
         self.accepted += accepted
         self.rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])

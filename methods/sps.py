@@ -25,10 +25,11 @@ import torch
 
 from harness.core.checkpoint import shown_path
 from harness.core.costmodel import DEFAULT_PREFIX
-from harness.core.engine import Engine, KVCache
-from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option
+from harness.core.cache import KVCache
+from harness.core.engine import Engine
+from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option, Step
 from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options, draft_cost
-from harness.core.tree import Tree
+from harness.core.tree import ChainLayouts, Tree
 from methods.sps_draft import KIND, load_draft_checkpoint
 
 DEFAULT_DRAFT = f"{KIND}.safetensors"
@@ -145,6 +146,7 @@ class SpS(UsesDraft, Method):
         self.dcache: KVCache | None = None
         self._unfed = torch.zeros(0, dtype=torch.long, device=engine.device)  # committed, not yet fed to the draft
         self._root_slot = self._fed = 0  # slot of the last root; tree tokens fed to the draft (root first)
+        self._chains = ChainLayouts()
 
     def profile_file(self) -> Path:
         """Beside a trained draft's checkpoint; per model and draft for an HF draft."""
@@ -159,40 +161,44 @@ class SpS(UsesDraft, Method):
     def draft_probe(self):
         """One draft forward of one row after DEFAULT_PREFIX positions (what a draft token costs)."""
         cache = self.draft.new_cache(DEFAULT_PREFIX + 1)
+        cache.truncate(DEFAULT_PREFIX)
         ids = torch.ones(1, dtype=torch.long, device=self.engine.device)
-        at = torch.tensor([DEFAULT_PREFIX], device=self.engine.device)
+        at = torch.full((1,), DEFAULT_PREFIX, device=self.engine.device)
 
         def op():
-            cache.truncate(DEFAULT_PREFIX)
             return self.draft.logits(self.draft.forward(ids, at, None, cache)[0, -1]).argmax()
         return op
 
     def _draft_forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ids [c] to the draft at the next slots of its cache; logits [V] of the last one."""
-        start, cache = self.dcache.length, self.dcache
-        positions = torch.arange(start, start + ids.numel(), device=self.engine.device)
-        h = self.draft.forward(ids, positions, None, cache)  # [1, c, d]
-        cache.truncate(start + ids.numel())
+        cache, c = self.dcache, ids.numel()
+        h = self.draft.forward(ids, cache.lengths + cache.arange(c), None, cache)  # [1, c, d]
+        cache.advance(c)
         self.engine.count_draft()
         return self.draft.logits(h[0, -1])
 
     # -- the decoding hooks ------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The target's prefill, then the draft's over the same prompt (a fresh draft cache)."""
-        hidden = super().prefill(ids, cache)
+    def prepare(self, cache: KVCache) -> None:
+        """The draft's own cache, as long as the target's."""
         if self.dcache is None or self.dcache.max_len < cache.max_len:
             self.dcache = self.draft.new_cache(cache.max_len)
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The target's prefill, then the draft's over the same prompt (a fresh draft cache).
+        ids: [1, P]."""
+        hidden = super().prefill(ids, cache)
+        self.prepare(cache)
         self.dcache.reset()
-        self._draft_forward(ids)
-        self._unfed = ids[:0]
+        self._draft_forward(ids[0])
+        self._unfed = ids[0, :0]
         return hidden
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
         """root, d1 .. dk: d1 from feeding the unseen committed tokens and the root, d(j+1) from
-        feeding dj; dk is not fed (it may be rejected)."""
+        feeding dj; dk is not fed (it may be rejected). pending: [1]."""
         k = min(self.k, cache.max_len - cache.length - 1)  # verify needs 1 + k slots
-        tokens = [torch.tensor([root], dtype=torch.long, device=self.engine.device)]  # each [1]
-        self._root_slot, feed = cache.length, torch.cat([self._unfed, tokens[0]])
+        tokens = [pending]  # each [1]
+        self._root_slot, feed = cache.length, torch.cat([self._unfed, pending])
         for _ in range(max(0, k)):
             logits = self._draft_forward(feed).float()  # [V]
             feed = logits.argmax(-1, keepdim=True)  # [1] the next draft token, fed next
@@ -201,14 +207,14 @@ class SpS(UsesDraft, Method):
             if threshold and self.engine.host(logits.softmax(-1).max()) < threshold:  # a read per draft token
                 break
         self._fed = len(tokens) - 1
-        return Tree.chain(torch.cat(tokens))
+        return Tree.chain(torch.cat(tokens)[None], self._chains)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         """Roll the draft cache back to the accepted prefix; what was committed but never fed
         (the root when nothing was drafted, the last draft token when all were accepted) waits."""
         if tree is None:
             return
-        committed = len(path)  # root + accepted draft tokens
+        committed = len(step.paths[0])  # root + accepted draft tokens
         kept = min(committed, self._fed)
         self.dcache.truncate(self._root_slot + kept)
-        self._unfed = tree.tokens[kept:committed]  # [0 or 1], on the device
+        self._unfed = tree.tokens[0, kept:committed]  # [0 or 1], on the device

@@ -68,8 +68,8 @@ def test_rerank_keeps_the_best_total_with_their_parents(seed):
     dropped = sorted(set(range(1, draft.count)) - kept)
     assert draft.scores[keep[1:]].min() >= draft.scores[dropped].max()  # the best `total` by score
     tree = draft.tree(total)
-    assert tree.size == total + 1 and tree.tokens[0] == 5
-    host = Tree.from_parents(tree.tokens, tree.parents.tolist())
+    assert tree.size == total + 1 and tree.tokens[0, 0] == 5
+    host = Tree.from_parents(tree.tokens[0], tree.parents[0].tolist())
     assert torch.equal(tree.mask, host.mask) and torch.equal(tree.depths, host.depths)
 
 
@@ -131,7 +131,7 @@ def test_head_cache_rolled_back_equals_a_fresh_cache_on_the_accepted_prefix(trai
     with torch.no_grad():
         feats = engine.norm(engine.forward(seq, torch.arange(len(seq)), None, None)[0])  # [S, d]
         fresh = eagle.head.new_cache(256, engine.device, engine.dtype)
-        eagle.head(feats[None, :C], seq[None, 1:C + 1], engine.context(torch.arange(C), None, fresh, start=0))
+        eagle.head(feats[None, :C], seq[None, 1:C + 1], engine.context(torch.arange(C), None, fresh))
     torch.testing.assert_close(eagle._cache.buf[..., :C, :], fresh.buf[..., :C, :], atol=1e-4, rtol=1e-4)
 
 

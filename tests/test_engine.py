@@ -2,7 +2,8 @@
 
 import torch
 
-from harness.core.tree import Tree, greedy_accept
+from harness.core.accept import Greedy
+from harness.core.tree import Tree
 
 
 def full_logits(model, ids):
@@ -18,7 +19,7 @@ def random_tree(n, vocab, seed=0):
 
 
 def path_to(tree, node):
-    return tree.mask[node].nonzero().squeeze(1).tolist()
+    return tree.mask[0, node].nonzero().squeeze(1).tolist()
 
 
 @torch.no_grad()
@@ -31,7 +32,7 @@ def test_tree_forward_matches_full_sequence(tiny, engine):
     hidden = engine.forward(tree.tokens, tree.depths + 11, tree.mask, cache)[0]
     logits = engine.logits(hidden)
     for node in range(tree.size):
-        seq = prefix + tree.tokens[path_to(tree, node)].tolist()
+        seq = prefix + tree.tokens[0, path_to(tree, node)].tolist()
         torch.testing.assert_close(logits[node], full_logits(tiny, seq)[-1], atol=1e-4, rtol=1e-4)
 
 
@@ -46,10 +47,10 @@ def test_cache_after_keep_equals_plain_prefill(tiny, engine):
     deepest = int(torch.argmax(tree.depths))
     path = torch.tensor(path_to(tree, deepest))
     assert path[-1] != len(path) - 1 or tree.size == len(path)  # a real gather, not a no-op
-    on_path = torch.zeros(tree.size, dtype=torch.bool)
-    on_path[path] = True
-    cache.keep(path.tolist(), on_path)
-    seq = prefix + tree.tokens[path].tolist()
+    on_path = torch.zeros(1, tree.size, dtype=torch.bool)
+    on_path[0, path] = True
+    cache.keep([path.tolist()], on_path)
+    seq = prefix + tree.tokens[0, path].tolist()
     ref = engine.new_cache(64)
     engine.forward(torch.tensor(seq), torch.arange(len(seq)), None, ref)
     n = len(seq)
@@ -78,6 +79,14 @@ def test_inserted_rows_do_not_change_real_rows(engine):
     assert inserted.shape[1] == 8
 
 
+def greedy_path(tree, predicted):
+    """The greedy rule's accepted path on a one-sequence tree whose target argmax per node is
+    `predicted` (one-hot logits)."""
+    logits = torch.nn.functional.one_hot(torch.tensor(predicted), 10).float()[None]  # [1, n, V]
+    acc = Greedy().accept(tree, logits, tree.depths)
+    return acc.on_path[0].nonzero().squeeze(1).tolist(), int(acc.next[0])
+
+
 def test_greedy_accept_longest_matching_path():
     #        0
     #      /   \
@@ -85,9 +94,6 @@ def test_greedy_accept_longest_matching_path():
     #     |      |
     #     3(7)   4(8)
     tree = Tree.from_parents(torch.tensor([9, 5, 6, 7, 8]), [-1, 0, 0, 1, 2])
-    predicted = torch.tensor([6, 0, 8, 0, 4])  # root -> 6 (node 2), node 2 -> 8 (node 4)
-    assert greedy_accept(tree, predicted).tolist() == [0, 2, 4]
-    predicted = torch.tensor([5, 1, 0, 0, 0])  # node 1 accepted, node 3 (7) rejected
-    assert greedy_accept(tree, predicted).tolist() == [0, 1]
-    predicted = torch.tensor([3, 0, 0, 0, 0])
-    assert greedy_accept(tree, predicted).tolist() == [0]
+    assert greedy_path(tree, [6, 0, 8, 0, 4]) == ([0, 2, 4], 4)  # root -> 6 (node 2) -> 8 (node 4), then 4
+    assert greedy_path(tree, [5, 1, 0, 0, 0]) == ([0, 1], 1)  # node 1 accepted, node 3 (7) rejected
+    assert greedy_path(tree, [3, 0, 0, 0, 0]) == ([0], 3)

@@ -10,6 +10,7 @@ from helpers import (
 )
 
 from harness.core.checkpoint import save_checkpoint
+from harness.core.method import Step
 from methods.firp import FIRP, PseudoChains
 
 
@@ -22,26 +23,27 @@ def make_firp(engine, tmp_path, layers=(1, 2, 2), serial=True, tree="small", cha
 
 def test_pseudo_mask_sees_ancestors_node_and_earlier_chain(engine, tmp_path):
     firp = make_firp(engine, tmp_path, tree="0;1;0.0;0.0.0")
-    tree = firp.shape.build(5, torch.tensor([[10, 11], [12, 13], [14, 15]]))
+    tree = firp.shape.build(torch.tensor([5]), torch.tensor([[[10, 11], [12, 13], [14, 15]]]))
     mask, offsets = firp._layout(tree)
+    mask, offsets, tree_mask, depths = mask[0], offsets[0], tree.mask[0], tree.depths[0]  # the one sequence's
     n, K = tree.size, firp.steps
     assert mask.shape == (n * (K + 1), n * (K + 1))
     for i in range(1, K + 1):
         for node in range(n):
             row = mask[i * n + node]
             real_seen = set(row[:n].nonzero().squeeze(1).tolist())
-            assert real_seen == set(tree.mask[node].nonzero().squeeze(1).tolist())  # ancestors + node
+            assert real_seen == set(tree_mask[node].nonzero().squeeze(1).tolist())  # ancestors + node
             pseudo_seen = {(int(c) // n, int(c) % n) for c in row[n:].nonzero().squeeze(1) + n}
             assert pseudo_seen == {(j, node) for j in range(1, i + 1)}  # own chain, steps 1..i
-            assert offsets[i * n + node] == tree.depths[node] + i
+            assert offsets[i * n + node] == depths[node] + i
     assert not mask[:n, n:].any()  # real rows never see pseudo rows
 
 
 def test_parallel_mask_drops_earlier_steps(engine, tmp_path):
     firp = make_firp(engine, tmp_path, serial=False, tree="chain")
-    tree = firp.shape.build(5, torch.tensor([[1], [2], [3]]))
+    tree = firp.shape.build(torch.tensor([5]), torch.tensor([[[1], [2], [3]]]))
     mask, _ = firp._layout(tree)
-    n = tree.size
+    mask, n = mask[0], tree.size
     for i in range(1, 4):
         seen = mask[i * n:(i + 1) * n, n:].nonzero()[:, 1] // n + 1
         assert set(seen.tolist()) == {i}
@@ -53,11 +55,12 @@ def test_identity_after_last_layer_drafts_the_nodes_own_prediction(engine, tmp_p
     firp = make_firp(engine, tmp_path, layers=(L, L, L), tree="chain")
     cache = engine.new_cache(128)
     prompt = [5, 9, 17, 33, 2, 8]
-    hidden = firp.prefill(torch.tensor(prompt), cache)
+    hidden = firp.prefill(torch.tensor([prompt]), cache)
     cache.truncate(len(prompt))
-    firp.observe(hidden, None, torch.tensor([len(prompt) - 1]))
-    own = engine.logits(hidden[-1]).argmax()
-    assert firp._candidates[:, 0].tolist() == [int(own)] * 3
+    last = torch.tensor([len(prompt) - 1])
+    firp.observe(hidden, None, Step([[len(prompt) - 1]], [[0]], last, last))
+    own = engine.logits(hidden[0, -1]).argmax()
+    assert firp._candidates[0, :, 0].tolist() == [int(own)] * 3
 
 
 def test_cache_holds_exactly_the_accepted_positions(engine, tmp_path):

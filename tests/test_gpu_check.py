@@ -30,12 +30,13 @@ def row(lossless=True, tie=False, reads=1.0, syncs=None):
     div = None if lossless else {"at": 3, "baseline_token": 5, "method_token": 6, "baseline_margin": 0.5,
                                  "gap": 0.5, "epsilon": 0.08, "tie": tie, "kind": "tie" if tie else "mismatch"}
     return {"lossless": lossless, "divergence": div, "tau": 1.5, "tokens_per_s": 10.0,
-            "host_reads_per_step": reads, "cuda_syncs_per_step": syncs}
+            "syncs_per_step": reads, "cuda_syncs_per_step": syncs}
 
 
 def test_verdicts_fail_a_real_divergence_an_extra_read_and_a_broken_section():
     decoding = {"methods": {"ar": row(), "firp": row(lossless=False), "medusa": row(reads=2.0),
-                            "ar-graph": row(syncs=1.5), "lookahead": row(lossless=False, tie=True, reads=2.0)},
+                            "ar-graph": row(syncs=1.5), "lookahead": row(lossless=False, tie=True, reads=2.0),
+                            "self-spec": row(reads=3.0)},
                 "hf_generate": {"equal": [True, False], "divergence": row(lossless=False, tie=True)["divergence"],
                                 "tokens_per_s": 5.0}}
     result = {"device": "cuda:0", "sections": {"m/decoding": {"seconds": 1, "result": decoding},
@@ -46,7 +47,8 @@ def test_verdicts_fail_a_real_divergence_an_extra_read_and_a_broken_section():
     assert status["m/decoding: medusa one sync per step"] == "fail"
     assert status["m/decoding: ar-graph one sync per step"] == "fail"
     assert status["m/decoding: lookahead lossless"] == "tie"
-    assert "m/decoding: lookahead one sync per step" not in status  # lookahead reads twice, by design
+    assert status["m/decoding: lookahead one sync per step"] == "fail"  # its window guesses ride on the step's read
+    assert "m/decoding: self-spec one sync per step" not in status  # a read per draft token, by design
     assert status["m/decoding: ar == hf-generate"] == "tie" and status["m/training"] == "error"
 
 
@@ -79,14 +81,23 @@ class Warns(Autoregressive):
         warnings.warn("called a synchronizing CUDA operation (prefill)")
         return super().prefill(ids, cache)
 
-    def verify(self, tree, cache):
+    def step(self, pending, cache):
         warnings.warn("called a synchronizing CUDA operation")
         warnings.warn("called a synchronizing CUDA operation")
         warnings.warn("an unrelated warning")
-        return super().verify(tree, cache)
+        return super().step(pending, cache)
+
+
+class WarnsDrafting(Warns):
+    """The same through the drafting path (a one-node tree per step)."""
+
+    drafts = True
+
+    def verify(self, tree, cache):
+        return self.step(tree.tokens[:, 0], cache)[:, None]
 
 
 def test_syncs_are_counted_per_step_without_the_prefill(engine):
-    method = Warns(engine, "tiny")
-    assert warnings_per_step(method, [5, 6, 7], 20, set(), engine.new_cache(64)) == 2.0
-    assert "propose" not in vars(method)  # the instance is left as it was
+    for method in (Warns(engine, "tiny"), WarnsDrafting(engine, "tiny")):
+        assert warnings_per_step(method, [5, 6, 7], 20, set(), engine.new_cache(64)) == 2.0
+        assert "propose" not in vars(method) and "step" not in vars(method)  # the instance is left as it was

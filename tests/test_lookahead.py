@@ -9,9 +9,10 @@ from helpers import assert_cache_is_committed_sequence, assert_lossless
 
 import methods as registry
 from harness.core.decoding import decode
-from harness.core.method import MethodError
+from harness.core.method import Method, MethodError, Step
+from harness.core.tree import Tree
 from methods.autoregressive import Autoregressive
-from methods.lookahead import Lookahead, NGramPool, Window, build_trie
+from methods.lookahead import Lookahead, NGramPool, Window, trie
 from methods.peers import HFPromptLookup
 
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
@@ -42,13 +43,18 @@ def test_pool_matches_a_recency_list_under_random_adds(per_key):
         assert len(pool.lookup(key)) <= per_key
 
 
+def build_trie(root, grams, limit):
+    return Tree.from_host(*trie(root, grams, limit), torch.tensor)
+
+
 def test_trie_merges_shared_prefixes_and_respects_the_limit():
-    tree = build_trie(50, [(1, 2, 3), (1, 2, 4), (5, 6, 7)], limit=99, device="cpu")
-    assert tree.tokens.tolist() == [50, 1, 2, 3, 4, 5, 6, 7]
-    assert tree.parents.tolist() == [-1, 0, 1, 2, 2, 0, 5, 6] and tree.depths.tolist() == [0, 1, 2, 3, 3, 1, 2, 3]
-    small = build_trie(50, [(1, 2, 3), (1, 2, 4), (5, 6, 7)], limit=5, device="cpu")
-    assert small.tokens.tolist() == [50, 1, 2, 3, 4]  # (5, 6, 7) would need 3 more nodes
-    assert build_trie(50, [], limit=5, device="cpu").size == 1
+    tree = build_trie(50, [(1, 2, 3), (1, 2, 4), (5, 6, 7)], limit=99)
+    assert tree.tokens.tolist() == [[50, 1, 2, 3, 4, 5, 6, 7]]
+    assert tree.parents.tolist() == [[-1, 0, 1, 2, 2, 0, 5, 6]] and tree.depths.tolist() == [[0, 1, 2, 3, 3, 1, 2, 3]]
+    assert tree.mask[0, 4].nonzero().squeeze(1).tolist() == [0, 1, 2, 4]
+    small = build_trie(50, [(1, 2, 3), (1, 2, 4), (5, 6, 7)], limit=5)
+    assert small.tokens.tolist() == [[50, 1, 2, 3, 4]]  # (5, 6, 7) would need 3 more nodes
+    assert build_trie(50, [], limit=5).size == 1
 
 
 # -- the window's trajectory ----------------------------------------------------------------------
@@ -76,7 +82,8 @@ def prepared(engine, **options):
     candidates (two sharing a prefix) for root 60."""
     method = Lookahead(engine, "tiny", **options)
     cache = engine.new_cache(256)
-    method.prefill(torch.tensor(PROMPT), cache)
+    method.begin(PROMPT)
+    method.prefill(torch.tensor([PROMPT]), cache)
     cache.truncate(len(PROMPT))
     w, n = method.width, method.ngram
     higher = [[40 + 10 * lv + i for i in range(w)] for lv in range(1, n - 1)]
@@ -91,11 +98,17 @@ def capture_forward(engine, monkeypatch):
     real = engine.forward
 
     def spy(ids, positions, tree_mask, cache, **kw):
-        calls.append((ids.clone(), positions.clone(), tree_mask.clone()))
+        calls.append((ids[0].clone(), positions[0].clone(), tree_mask[0].clone()))  # the one sequence's
         return real(ids, positions, tree_mask, cache, **kw)
 
     monkeypatch.setattr(engine, "forward", spy)
     return calls
+
+
+def propose(method, cache, root):
+    """The trie for pending token `root` (whose host value the loop hands over through observe)."""
+    method._root = root
+    return method.propose(torch.tensor([root]), cache)
 
 
 def window_cells(w, n):
@@ -107,12 +120,12 @@ def window_cells(w, n):
 def test_one_forward_holds_tree_then_window_with_the_lookahead_mask(engine, monkeypatch, w, n):
     method, cache = prepared(engine, window=w, ngram=n, guess=3)
     calls = capture_forward(engine, monkeypatch)
-    tree = method.propose(60, cache)
+    tree = propose(method, cache, 60)
     hidden = method.verify(tree, cache)
     (ids, positions, mask), = calls
     t, cells = tree.size, window_cells(w, n)
-    assert hidden.shape == (t, engine.hidden_size) and ids.numel() == t + len(cells) == mask.shape[0]
-    assert ids[:t].tolist() == tree.tokens.tolist() and ids[t:].tolist() == method.window.tokens()
+    assert hidden.shape == (1, t, engine.hidden_size) and ids.numel() == t + len(cells) == mask.shape[0]
+    assert ids[:t].tolist() == tree.tokens[0].tolist() and ids[t:].tolist() == method.window.tokens()
     assert not mask[:t, t:].any()  # tree rows never see the window
     grams = method.pool.lookup(60)
     for j in range(t):  # a candidate sees the root and its own earlier tokens only
@@ -132,9 +145,9 @@ def test_one_forward_holds_tree_then_window_with_the_lookahead_mask(engine, monk
 
 def test_window_rows_do_not_change_the_tree_rows(engine):
     method, cache = prepared(engine, window=4, ngram=4, guess=3)
-    tree = method.propose(60, cache)
+    tree = propose(method, cache, 60)
     with_window = method.verify(tree, cache)
-    alone = Autoregressive.verify(method, tree, cache)  # the plain tree forward, same slots
+    alone = Method.verify(method, tree, cache)  # the plain tree forward, same slots
     torch.testing.assert_close(with_window, alone, atol=1e-4, rtol=1e-4)
 
 
@@ -143,8 +156,10 @@ def test_newest_level_outputs_are_greedy_tokens_of_their_own_context(engine):
     w, n = 3, 4
     method, cache = prepared(engine, window=w, ngram=n, guess=1)
     levels = [list(x) for x in method.window.levels]
-    tree = method.propose(60, cache)
-    method.observe(method.verify(tree, cache), tree, torch.tensor([0]))
+    tree = propose(method, cache, 60)
+    hidden = method.verify(tree, cache)
+    read = method.extra_read()  # [1, C]: read with the loop's one read per step
+    method.observe(hidden, tree, Step([[0]], [[61]], torch.tensor([0]), torch.tensor([61]), extra=read.tolist()))
     newest = method.window.levels[-1]  # the outputs, after the window moved
     for i in range(w):
         context = [60] + levels[0][:i] + [levels[lv][i] for lv in range(1, n - 1)]

@@ -10,7 +10,7 @@ from helpers import assert_cache_is_committed_sequence, assert_lossless
 
 import methods as registry
 from harness.core.decoding import decode
-from harness.core.method import MethodError
+from harness.core.method import MethodError, Step
 from methods.pld import NGramIndex, PromptLookup
 
 
@@ -76,18 +76,20 @@ def test_proposal_is_the_root_and_the_lookup_and_accepted_tokens_extend_the_cont
     method.begin([9, 4, 5, 6, 7, 9])
     cache = engine.new_cache(64)
     cache.truncate(6)
-    tree = method.propose(4, cache)  # context ... 9, 4: (9, 4) matched at 0
-    assert tree.tokens.tolist() == [4, 5, 6, 7]
-    method.observe(torch.zeros(4, 8), tree, [0, 1])  # root and 5 accepted
-    assert method.index.tokens == [9, 4, 5, 6, 7, 9, 4, 5]
+    method.observe(torch.zeros(1, 6, 8), None, Step([[5]], [[4]], torch.tensor([5]), torch.tensor([4])))  # the prefill's token
+    tree = method.propose(torch.tensor([4]), cache)  # context ... 9, 4: (9, 4) matched at 0
+    assert tree.tokens.tolist() == [[4, 5, 6, 7]]
+    step = Step([[0, 1]], [[5, 8]], torch.tensor([1]), torch.tensor([8]))  # root and 5 accepted, then 8
+    method.observe(torch.zeros(1, 4, 8), tree, step)
+    assert method.index.tokens == [9, 4, 5, 6, 7, 9, 4, 5, 8]
 
 
 def test_the_draft_fits_the_cache(engine):
     method = PromptLookup(engine, "tiny", k=10)
-    method.begin([1, 2, 3, 4, 5, 6, 1])
+    method.begin([1, 2, 3, 4, 5, 6, 1, 2])  # the pending 2 already committed to the context
     cache = engine.new_cache(12)
     cache.truncate(8)  # 4 slots left: the root and 3 drafts
-    assert method.propose(2, cache).tokens.tolist() == [2, 3, 4, 5]
+    assert method.propose(torch.tensor([2]), cache).tokens.tolist() == [[2, 3, 4, 5]]
 
 
 @pytest.mark.parametrize("options", [{}, {"k": "1"}, {"k": "4", "max_ngram": "1"}, {"min_ngram": "2", "max_ngram": "4"}])

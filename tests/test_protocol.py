@@ -156,8 +156,8 @@ def test_divergence_is_a_tie_or_a_mismatch(tiny, engine):
 class PlantedBug(Autoregressive):
     """A verifier with a bug: the hidden state it returns is corrupted (as a wrong mask would)."""
 
-    def verify(self, tree, cache):
-        h = super().verify(tree, cache)
+    def step(self, pending, cache):
+        h = super().step(pending, cache)
         return h + 3.0 * torch.roll(h, 1, dims=-1)
 
 

@@ -42,7 +42,7 @@ def test_run_writes_schema_and_resume_extends_without_duplicates(tiny_model_dir,
     assert len(keys(second)) == len(set(keys(second))) == 6
     assert second[:3] == first
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 2 and manifest["methods"] == ["ar"] and len(manifest["resumes"]) == 1
+    assert manifest["schema_version"] == 3 and manifest["methods"] == ["ar"] and len(manifest["resumes"]) == 1
     assert manifest["samples"] == {"gsm8k": ["0", "1"], "mt-bench": ["81", "91"]}  # stratified: writing, roleplay
 
 

@@ -39,10 +39,10 @@ def test_empty_skip_set_draft_rows_equal_target_rows(engine):
     method, seq = make(engine, "none"), [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     ref = engine.logits(engine.forward(torch.tensor(seq), torch.arange(len(seq)), None, None))[0]  # [10, V]
     cache = engine.new_cache(64)
-    method.prefill(torch.tensor(seq[:4]), cache)
+    method.prefill(torch.tensor([seq[:4]]), cache)
     cache.truncate(4)
-    for j in range(4, len(seq)):
-        torch.testing.assert_close(method.draft_logits(torch.tensor([[seq[j]]]), j, cache), ref[j])
+    for j in range(4, len(seq)):  # the row at slot j: offset j - 4 past the committed length
+        torch.testing.assert_close(method.draft_logits(torch.tensor([[seq[j]]]), j - 4, cache), ref[j])
 
 
 @pytest.mark.parametrize("skip", ["a1,m2", "a0,a1,a2,a3,m0,m1,m2,m3", "none"])
@@ -54,12 +54,12 @@ def test_cache_holds_the_committed_sequence(engine, skip):
 def test_propose_writes_only_draft_slots_and_counts_no_target_forward(engine):
     method = make(engine, "a1,m2", threshold=0.0, max_draft=5)
     cache = engine.new_cache(64)
-    method.prefill(torch.tensor(PROMPT), cache)
+    method.prefill(torch.tensor([PROMPT]), cache)
     cache.truncate(len(PROMPT))  # as the loop does after the prefill
     committed = cache.buf[..., : len(PROMPT), :].clone()
     forwards = engine.counters.forwards
-    tree = method.propose(7, cache)
-    assert tree.size == 6 and int(tree.tokens[0]) == 7
+    tree = method.propose(torch.tensor([7]), cache)
+    assert tree.size == 6 and int(tree.tokens[0, 0]) == 7
     assert cache.length == len(PROMPT) and engine.counters.forwards == forwards
     assert torch.equal(cache.buf[..., : len(PROMPT), :], committed)
     drafted = cache.buf[:, :, :, :, len(PROMPT): len(PROMPT) + 5]  # [layers, 2, B, H, 5, D]

@@ -68,11 +68,11 @@ class CheckedRollback(SpS):
     def begin(self, prompt_ids):
         self.committed, self.checks = list(prompt_ids), 0
 
-    def observe(self, hidden, tree, path):
-        super().observe(hidden, tree, path)
+    def observe(self, hidden, tree, step):
+        super().observe(hidden, tree, step)
         if tree is None:
             return
-        self.committed += [tree.tokens[i].item() for i in path]
+        self.committed += [tree.tokens[0, i].item() for i in step.paths[0]]
         n = self.dcache.length
         assert n + self._unfed.numel() == len(self.committed)
         fresh = self.draft.new_cache(self.dcache.max_len)
@@ -88,7 +88,7 @@ def test_draft_cache_rollback_equals_a_fresh_draft_cache(engine, draft_dir, k):
     for prompt in PROMPTS:
         out = decode(method, prompt, 40, set(), engine.new_cache(256))
         assert method.checks == len(out.accept_lengths) - 2  # every step but the last
-        accepted += out.accepted
+        accepted += out.accepted[1:]  # the decoding steps'
     assert 0 in accepted and k in accepted  # rejected and fully accepted drafts both rolled back
     assert k == 1 or any(0 < a < k for a in accepted)  # and partly accepted ones
 

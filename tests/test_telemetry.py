@@ -97,7 +97,7 @@ def test_turn_energy_is_the_counter_difference():
     r = probe.result
     assert r["energy_source"] == "counter" and r["energy_j"] == pytest.approx(1.5)
     assert r["power_mean_w"] == pytest.approx(1.5 / r["seconds"])  # the turn's own, from the counter
-    assert r["power_sampled_max_w"] == 250.0 and r["gpu_util_mean"] == 80.0
+    assert r["power_sampled_max_w"] == 250.0 and r["gpu_util_nvml_window"] == 80.0
     assert "gpu_mem_max_mb" not in r  # the whole device's memory is not this process's
 
 

@@ -70,7 +70,7 @@ def cosine_by_layer(engine: Engine, chains: PseudoChains, held, cfg: TrainConfig
         target = (batch.hang[:, None, :] + torch.tensor(chains.targets, device=dev)[None, :, None])  # [B, K, m]
         ok = batch.hang_ok[:, None, :] & (target < batch.lengths[:, None, None])
         mask = chains.chain_mask(torch.arange(T, device=dev)[None, None, :] <= batch.hang[:, :, None])[:, None]
-        ctx = engine.context(target.view(B, K * m), None, PrefixKV(tp.kv), start=T, full_mask=mask)
+        ctx = engine.context(target.view(B, K * m), None, PrefixKV(tp.kv), full_mask=mask)
         inserts = chains.inserts(lambda layer, _h: gather_rows(tp.hidden_at[layer], batch.hang), m)
         h = torch.zeros(B, 0, engine.hidden_size, dtype=engine.dtype, device=dev)
         for layer in range(first, engine.num_layers):

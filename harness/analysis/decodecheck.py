@@ -1,5 +1,5 @@
 """Checks of decoding on any device, shared by `doctor` and `gpu-check`: a method against the
-baseline's outputs (lossless, tau, tokens/s, host reads per step), transformers' generate()
+baseline's outputs (lossless, tau, tokens/s, device waits per step), transformers' generate()
 against the baseline, device synchronisations per step counted by torch itself on CUDA, and a
 diagnosis of a divergence (harness/bench/divergence.py: a greedy tie in a low-precision dtype
 told apart from a bug).
@@ -46,12 +46,12 @@ def evaluate_method(method: Method, prompts: list[list[int]], refs: list[list[in
     for prompt, ref in zip(prompts, refs):
         out, took = timed(lambda: decode(method, prompt, max_new, eos, cache), engine.device)
         seconds += took
-        tokens, forwards, reads = tokens + len(out.output_ids), forwards + len(out.accept_lengths), reads + out.host_reads
+        tokens, forwards, reads = tokens + len(out.output_ids), forwards + out.forwards, reads + out.syncs - out.prefill_syncs
         if first is None:
             first = divergence(engine, prompt, ref, out.output_ids)
     steps = forwards - len(prompts)  # decoding steps: forwards after the prefill
     return {"lossless": first is None, "divergence": first, "tau": tokens / forwards,
-            "tokens_per_s": tokens / seconds, "host_reads_per_step": (reads - len(prompts)) / max(1, steps)}
+            "tokens_per_s": tokens / seconds, "syncs_per_step": reads / max(1, steps)}
 
 
 def compare_generate(peer, prompts: list[list[int]], refs: list[list[int]], max_new: int, eos: set[int]) -> dict:
@@ -85,19 +85,20 @@ def warnings_per_step(method: Method, prompt: list[int], max_new: int, eos: set[
     """Warnings containing `marker` per decoding step of one decode, counted from the first
     propose on, so that the prefill's (prompt upload, first token) are left out."""
     first: list[int] = []
-    propose = method.propose  # wrapped on this instance, for this decode only
+    hook = "propose" if method.drafts else "step"  # the first call after the prefill
+    original = getattr(method, hook)  # wrapped on this instance, for this decode only
 
-    def marked(root, c):
+    def marked(pending, c):
         if not first:
             first.append(sum(marker in str(w.message) for w in caught))
-        return propose(root, c)
+        return original(pending, c)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        method.propose = marked
+        setattr(method, hook, marked)
         try:
             out = decode(method, prompt, max_new, eos, cache)
         finally:
-            del method.propose
+            delattr(method, hook)
     counted = sum(marker in str(w.message) for w in caught) - (first[0] if first else 0)
-    return counted / max(1, len(out.accept_lengths) - 1)
+    return counted / max(1, out.steps)

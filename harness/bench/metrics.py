@@ -8,8 +8,8 @@ Per record: tokens/s, Rouge-2, GSM8K correctness. Per (method, dataset[, categor
 - accept_len: 1 + accepted drafts / decoding steps (the field's decode-only convention, EAGLE
   and vLLM), and per-position acceptance: the share of decoding steps whose draft position i
   was accepted, i = 1..deepest;
-- draft size and positions per decoding forward, draft forwards per decoding step, host reads
-  per decoding step;
+- draft size and positions per decoding forward, draft forwards per decoding step, device waits
+  (syncs: host reads and blocking copies) per decoding step;
 - quality, lossless rate (records with a baseline to compare with), ties and mismatches among
   the divergences (harness/bench/divergence.py), joules per token.
 """
@@ -101,9 +101,25 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     return df
 
 
-def _decode_steps(lists: pd.Series) -> list:
-    """Per-forward values of decoding forwards (the prefill, element 0, excluded)."""
-    return [v for row in lists if isinstance(row, list) for v in row[1:]]
+def decode_steps(values: list) -> list:
+    """A record's per-forward list without its prefill entry: the decoding steps' values. Every
+    list holds one entry per target forward, the prefill first (records before schema 3 left the
+    prefill out of `accepted` only: such a list is one entry short and is returned whole)."""
+    return values[1:]
+
+
+def _decode_steps(lists: pd.Series, forwards: pd.Series | None = None) -> list:
+    """Per-forward values of decoding forwards over a group's records."""
+    out = []
+    for i, row in lists.items() if isinstance(lists, pd.Series) else enumerate(lists):
+        if isinstance(row, list):
+            short = forwards is not None and len(row) == _int(forwards.get(i)) - 1  # an old `accepted`
+            out += row if short else decode_steps(row)
+    return out
+
+
+def _int(value) -> int:
+    return int(value) if value is not None and not pd.isna(value) else -1
 
 
 def _mean(values) -> float:
@@ -114,7 +130,7 @@ def acceptance(g: pd.DataFrame) -> dict:
     """tau, accept_len and per-position acceptance rates of one group of records."""
     forwards = g["forwards"].dropna() if "forwards" in g else pd.Series(dtype=float)
     tau = float(g.loc[forwards.index, "new_tokens"].sum() / forwards.sum()) if len(forwards) else math.nan
-    steps = [a for row in g.get("accepted", []) if isinstance(row, list) for a in row]
+    steps = _decode_steps(g["accepted"], g.get("forwards")) if "accepted" in g else []
     if not steps:
         return {"tau": tau, "accept_len": math.nan, "accept_rate": []}
     acc = np.array(steps)
@@ -136,6 +152,16 @@ def _per_step(g: pd.DataFrame, column: str) -> float:
     ok = g[column].notna() & g["forwards"].notna()
     steps = (g.loc[ok, "forwards"] - 1).sum()
     return float(g.loc[ok, column].sum() / steps) if steps > 0 else math.nan
+
+
+def _syncs_per_step(g: pd.DataFrame) -> float:
+    """Device waits per decoding step, the prefill's left out (records before schema 3: host
+    reads per step, the prefill's read included)."""
+    if "syncs" not in g or "prefill_syncs" not in g:
+        return _per_step(g, "host_reads")
+    ok = g["syncs"].notna() & g["prefill_syncs"].notna() & g["forwards"].notna()
+    steps = (g.loc[ok, "forwards"] - 1).sum()
+    return float((g.loc[ok, "syncs"] - g.loc[ok, "prefill_syncs"]).sum() / steps) if steps > 0 else math.nan
 
 
 def pairs_of(df: pd.DataFrame, method: str, keys: dict, baseline: str) -> pd.DataFrame:
@@ -163,7 +189,7 @@ def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tupl
                      "draft_size": _mean(_decode_steps(g.get("draft_sizes", []))),
                      "positions": _mean(_decode_steps(g.get("positions", []))),
                      "draft_forwards_per_step": _per_step(g, "draft_forwards"),
-                     "host_reads_per_step": _per_step(g, "host_reads"),
+                     "syncs_per_step": _syncs_per_step(g),
                      "rouge2": _quality(g, "rouge2"), "accuracy": _quality(g, "correct"),
                      **_divergences(g), "joules_per_token": _joules_per_token(g)})
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ def make_record(key: tuple, sample: Sample, out: Decoded, wall: float, telemetry
         "new_tokens": len(out.output_ids), "wall_time": wall, "prefill_time": out.prefill_time,
         "forwards": len(out.accept_lengths) if out.accept_lengths else None,
         "accept_lengths": out.accept_lengths, "draft_sizes": out.draft_sizes, "positions": out.positions,
-        "accepted": out.accepted, "draft_forwards": out.draft_forwards, "host_reads": out.host_reads,
+        "accepted": out.accepted, "draft_forwards": out.draft_forwards, "syncs": out.syncs, "prefill_syncs": out.prefill_syncs,
         "output_ids": out.output_ids, "output_text": text,
         "lossless": None, "diverge_at": None, "divergence": None,
         "rouge2": metrics.rouge2(text, sample.reference) if scored and not gsm else None,

@@ -12,11 +12,12 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: order, category, divergence; lossless null without a reference
+SCHEMA_VERSION = 3  # 2: order, category, divergence; lossless null without a reference;
+#                    3: `accepted` holds the prefill (0) first like every per-forward list; `syncs` replaces `host_reads`
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "category", "order", "new_tokens", "wall_time",
                  "prefill_time", "forwards", "accept_lengths", "draft_sizes", "positions", "accepted",
-                 "draft_forwards", "host_reads", "output_ids", "output_text", "lossless", "diverge_at",
+                 "draft_forwards", "syncs", "prefill_syncs", "output_ids", "output_text", "lossless", "diverge_at",
                  "divergence", "rouge2", "correct", "telemetry")
 
 

@@ -25,13 +25,16 @@ from harness.bench.divergence import diagnose
 from harness.bench.plan import CACHE_SLACK, Plan, RunConfig, validate
 from harness.bench.records import make_record, skipped_record
 from harness.bench.results import RecordWriter, base_manifest, load_run, write_json
-from harness.bench.telemetry import Telemetry, telemetry_info, telemetry_kind
+from harness.bench.telemetry import Telemetry, TelemetrySource, telemetry_info, telemetry_kind
+from harness.core.cache import KVCache
 from harness.core.decoding import Decoded, decode, synchronize
-from harness.core.engine import Engine, KVCache
+from harness.core.engine import Engine
 from harness.core.method import Method
 from harness.core.modelload import load_model
 
 __all__ = ["RunConfig", "Runner", "summary_of", "permutation"]
+
+ANSWER_SLACK = 16  # tokens an answer may gain when its text is tokenised again inside the next prompt
 
 
 def permutation(names: list[str], seed: int, dataset: str, sample_id: str) -> list[str]:
@@ -54,7 +57,19 @@ class Runner:
         self.out: Path = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
-        self.cache: KVCache | None = None
+        self.telemetry = TelemetrySource(self.kind, self.lm.device) if self.kind != "off" else None  # NVML once per run
+        self.cache: KVCache = self._cache_for(self.longest_prompt())  # every cache sized before any timing
+
+    def longest_prompt(self) -> int:
+        """The longest prompt any turn of the run can have within the model's context: its turns,
+        every earlier answer at the full budget (plus re-tokenisation slack)."""
+        longest = 0
+        for items in self.plan.samples.values():
+            for sample in items:
+                earlier = len(sample.turns) - 1
+                prompt = len(chat_prompt(self.lm.tokenizer, sample.turns, [""] * earlier))
+                longest = max(longest, prompt + earlier * (self.cfg.max_new_tokens + ANSWER_SLACK))
+        return min(longest, self.plan.context - self.cfg.max_new_tokens - CACHE_SLACK)
 
     def _eos_ids(self) -> set[int]:
         ids = self.lm.model.generation_config.eos_token_id
@@ -90,10 +105,17 @@ class Runner:
         return now
 
     def _cache_for(self, length: int) -> KVCache:
+        """A target cache for a prompt of `length` tokens, and every method's own caches and
+        graphs sized for it (made once for the run's longest prompt; only a prompt longer than
+        that foresaw makes new ones, and never inside a timed turn)."""
         need = length + self.cfg.max_new_tokens + CACHE_SLACK
-        if self.cache is None or self.cache.max_len < need:
-            self.cache = self.engine.new_cache(-(-need // 512) * 512)
-        return self.cache
+        cache = getattr(self, "cache", None)
+        if cache is None or cache.max_len < need:
+            cache = self.engine.new_cache(-(-need // 512) * 512)
+            for method in self.methods.values():
+                if not getattr(method, "external", False):
+                    method.prepare(cache)
+        return cache
 
     def fits(self, prompt: list[int]) -> str | None:
         """None, or why a prompt cannot be decoded within the model's context."""
@@ -103,22 +125,19 @@ class Runner:
         return None
 
     def decode_turn(self, method: Method, prompt: list[int]) -> tuple[Decoded, float, dict]:
-        """One timed decode (device synchronised around it), with telemetry when enabled."""
-        cache = self._cache_for(len(prompt))
-        probe = Telemetry(self.kind, self.lm.device) if self.kind != "off" else None
+        """One timed decode (device synchronised around it), with telemetry over exactly the
+        timed window when enabled. Nothing is allocated or captured inside it."""
+        self.cache = self._cache_for(len(prompt))
+        probe = Telemetry(source=self.telemetry) if self.telemetry else None
         synchronize(self.lm.device)
-        if probe:
-            probe.__enter__()
-        t0 = time.perf_counter()
+        t0 = probe.start() if probe else time.perf_counter()
         if getattr(method, "external", False):
             out = method.generate(prompt, self.cfg.max_new_tokens, self.eos)
         else:
-            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, cache)
+            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
         synchronize(self.lm.device)
-        wall = time.perf_counter() - t0
-        if probe:
-            probe.__exit__(None, None, None)
-        return out, wall, (probe.result if probe else {})
+        t1 = probe.stop() if probe else time.perf_counter()
+        return out, t1 - t0, (probe.result if probe else {})
 
     def pending(self, items: list[Sample], done: dict) -> bool:
         """Whether any turn of these samples still lacks a record (a resumed run warms up only

@@ -3,8 +3,12 @@
 On an NVIDIA GPU (NVML, via nvidia-ml-py):
 - the NVML device is the one at the PCI bus id of the torch device: CUDA ordinals and NVML
   indices differ under CUDA_VISIBLE_DEVICES (and with CUDA_DEVICE_ORDER), so an index is no key;
-- a turn's energy is the difference of the board's energy counter (mJ, Volta and later) across
-  the turn; its mean power is that energy over the turn's seconds;
+- NVML is initialised and the GPU found once per run (TelemetrySource);
+- a turn's energy is the difference of the board's energy counter (mJ, Volta and later) read
+  right beside the turn's own start and end clocks; its mean power is that energy over the
+  turn's seconds;
+- GPU utilisation is NVML's: each reading covers the driver's sample period (1/6 s to 1 s), not
+  the turn, and is named so (`gpu_util_nvml_window`);
 - sampled power is not reported per turn: on Ampere GA10x, Ada, Hopper and later, NVML's power
   reading is a 1-second average, so in a turn shorter than that it mostly measures the turn (or
   the method) before. The sampled maximum is kept only to check it against the board's limit;
@@ -100,17 +104,42 @@ def telemetry_info(device: str, nvml=None, props=None) -> dict:
         info["energy"] = "sampled power x time (this GPU has no energy counter)"
     averaged = power_is_averaged((props.major, props.minor))
     info["power_reading"] = ("1 s average: not attributed to turns" if averaged else "instantaneous")
+    info["gpu_util"] = ("gpu_util_nvml_window: mean of NVML utilisation readings during the turn; each covers "
+                        "the driver's sample period (1/6 s to 1 s), so a short turn's value includes time before it")
+    info["window"] = "energy read at the turn's own start and end clocks"
     return info
 
 
-class Telemetry:
-    """Context manager: `with Telemetry(kind, device) as t: ...`, then `t.result` is a dict."""
+class TelemetrySource:
+    """Where a run's telemetry comes from, set up once per run: NVML initialised and the GPU's
+    handle found (per turn this would cost the first turns their accuracy and the run its time)."""
 
-    def __init__(self, kind: str = "cpu", device: str = "cpu", interval: float = 0.05, nvml=None, props=None):
-        self.kind, self.device, self.interval = kind, str(device), interval
+    def __init__(self, kind: str = "cpu", device: str = "cpu", nvml=None, props=None):
+        self.kind, self.device = kind, str(device)
         self.nvml = (nvml or load_nvml()) if kind == "nvml" else None
         self.handle = nvml_handle(self.device, self.nvml, props) if self.nvml is not None else None
         self.cuda_memory = self.device.startswith("cuda") and torch.cuda.is_available()
+
+    def energy_mj(self) -> float | None:
+        """The board's energy counter (mJ), or None without one."""
+        if self.handle is None:
+            return None
+        try:
+            return float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+        except self.nvml.NVMLError:
+            return None
+
+
+class Telemetry:
+    """One turn's telemetry over exactly its timed window: `t0 = probe.start()` and
+    `t1 = probe.stop()` are the turn's clocks, read right beside the energy counter; then
+    `probe.result` is a dict. Also a context manager (`with Telemetry(...) as t:`)."""
+
+    def __init__(self, kind: str = "cpu", device: str = "cpu", interval: float = 0.05, nvml=None, props=None,
+                 source: TelemetrySource | None = None):
+        self.source = source or TelemetrySource(kind, device, nvml, props)
+        self.kind, self.device, self.interval = self.source.kind, self.source.device, interval
+        self.nvml, self.handle = self.source.nvml, self.source.handle
         self.samples: list[tuple[float, float, float]] = []
         self.result: dict = {}
         self._stop = threading.Event()
@@ -124,47 +153,53 @@ class Telemetry:
             return float(util), 0.0, power
         return self._proc.cpu_percent(None), self._proc.memory_info().rss / 2**20, 0.0
 
-    def _energy_mj(self) -> float | None:
-        try:
-            return float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
-        except self.nvml.NVMLError:
-            return None
-
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.samples.append(self._read())
 
-    def __enter__(self) -> "Telemetry":
+    def start(self) -> float:
+        """Start sampling; returns the turn's start clock, read right after the energy counter."""
         self._proc.cpu_percent(None)  # prime the CPU counter
-        if self.cuda_memory:
+        if self.source.cuda_memory:
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._e0 = self._energy_mj() if self.handle is not None else None
-        self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
-        return self
+        self._e0 = self.source.energy_mj()
+        self._t0 = time.perf_counter()
+        return self._t0
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> float:
+        """Stop sampling; returns the turn's end clock, read right before the energy counter."""
+        t1 = time.perf_counter()
+        e1 = self.source.energy_mj()
         self._stop.set()
         self._thread.join()
         self.samples.append(self._read())
-        seconds = time.perf_counter() - self._t0
+        seconds = t1 - self._t0
         util = [s[0] for s in self.samples]
         if self.handle is not None:
-            self.result = self._gpu_result(seconds, util)
+            self.result = self._gpu_result(seconds, util, e1)
         else:
             self.result = {"kind": "cpu", "cpu_util_mean": sum(util) / len(util),
                            "rss_max_mb": max(s[1] for s in self.samples), "energy_j": None, "samples": len(util)}
+        return t1
 
-    def _gpu_result(self, seconds: float, util: list[float]) -> dict:
+    def __enter__(self) -> "Telemetry":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _gpu_result(self, seconds: float, util: list[float], e1: float | None) -> dict:
         power = [s[2] for s in self.samples]
-        e1 = self._energy_mj()
         if e1 is not None and self._e0 is not None:
             energy, source = (e1 - self._e0) / 1000.0, "counter"
         else:
             energy, source = sum(power) / len(power) * seconds, "power-samples"
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda_memory else None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.source.cuda_memory else None
         own_power = energy / seconds if source == "counter" and seconds > 0 else None  # the turn's own, from the counter
-        return {"kind": "nvml", "gpu_util_mean": sum(util) / len(util), "energy_j": energy, "energy_source": source,
-                "power_mean_w": own_power, "power_sampled_max_w": max(power),
+        # NVML's utilisation covers the driver's own sample period (1/6 s to 1 s), not the turn
+        return {"kind": "nvml", "gpu_util_nvml_window": sum(util) / len(util), "energy_j": energy,
+                "energy_source": source, "power_mean_w": own_power, "power_sampled_max_w": max(power),
                 "mem_peak_mb": peak, "seconds": seconds, "samples": len(util)}

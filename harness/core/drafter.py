@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from harness.core.checkpoint import CheckpointError, load_checkpoint, shown_path
-from harness.core.engine import Engine, KVCache
+from harness.core.cache import KVCache
+from harness.core.engine import Engine
 from harness.core.method import AUTO, Method, MethodError, Option
 from harness.core.planner import Choice, tree_choices
 from harness.core.planner import Path as TreePath
@@ -118,11 +119,11 @@ class TreeDrafter(Method):
         return out
 
     def set_candidates(self, draft_logits: torch.Tensor) -> None:
-        """draft_logits: [steps, V] -> the top-k candidates per step the tree shape needs (and
+        """draft_logits: [B, steps, V] -> the top-k candidates per step the tree shape needs (and
         the top PROFILE_RANKS when recording a profile)."""
-        self._candidates = draft_logits.topk(max(1, self.shape.topk), dim=-1).indices
+        self._candidates = draft_logits.topk(max(1, self.shape.topk), dim=-1).indices  # [B, steps, k]
         if self.recorded is not None:
-            self.recorded.append(draft_logits.topk(PROFILE_RANKS, dim=-1).indices)  # [steps, R]
+            self.recorded.append(draft_logits.topk(PROFILE_RANKS, dim=-1).indices)  # [B, steps, R]
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        return self.shape.build(root, self._candidates)
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
+        return self.shape.build(pending, self._candidates)

@@ -18,66 +18,10 @@ import torch
 
 from harness.core.architectures import refusal
 from harness.core.attention import use_packed_attention
+from harness.core.cache import KVCache, PrefixKV, SlotWriter
 from harness.core.modelload import ModelLoadError
 
 Insert = Callable[[torch.Tensor], torch.Tensor]  # h: [B, c, d] -> new rows [B, m, d]
-
-
-class KVCache:
-    """K/V of every layer in one buffer indexed by position, so a rollback is free and keeping
-    an accepted tree path is a single gather.
-
-    buf: [layers, 2, B, H_kv, max_len, D]. Slots [0, length) hold committed positions. A forward
-    writes its c new rows at [start, start + c) and attends to [0, start + c).
-    """
-
-    def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str):
-        self.buf = torch.zeros(layers, 2, batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.length = 0
-        self.start = 0
-
-    def reset(self) -> None:
-        self.length = 0
-        self.start = 0
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
-        """Cache protocol used by transformers' attention: store new K/V, return all visible K/V."""
-        end = self.start + key.shape[2]  # key: [B, H_kv, c, D]
-        if end > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        kv = self.buf[layer_idx]
-        kv[0, :, :, self.start:end] = key
-        kv[1, :, :, self.start:end] = value
-        return kv[0, :, :, :end], kv[1, :, :, :end]
-
-    def keep(self, path: list[int], on_path: torch.Tensor | None = None) -> None:
-        """Commit the rows `path` (node indices of the last forward, ascending, root first) as the
-        next positions. on_path: [n] bool, the same path on the device, needed only when the rows
-        are not already in place (a branch of a tree); the gather then needs no host read."""
-        n = len(path)
-        if path[-1] != n - 1:  # not already in place: gather them down
-            rows = torch.argsort((~on_path).to(torch.int8), stable=True)[:n]  # path rows, ascending
-            self.buf[:, :, :, :, self.length:self.length + n] = self.buf.index_select(4, rows + self.length)
-        self.length += n
-
-    def truncate(self, length: int) -> None:
-        self.length = length
-
-
-class PrefixKV:
-    """Fixed K/V of rows computed earlier (a teacher pass: kv [layers, 2, B, H_kv, T, D]) followed
-    by the rows of the current forward, joined without in-place writes so autograd can flow
-    through the new rows (drafter training)."""
-
-    def __init__(self, kv: torch.Tensor):
-        self.kv = kv
-        self.length = self.start = kv.shape[4]
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
-        return (torch.cat([self.kv[layer_idx, 0], key], dim=2),
-                torch.cat([self.kv[layer_idx, 1], value], dim=2))
 
 
 @dataclass
@@ -88,14 +32,16 @@ class Context:
     cos: torch.Tensor  # [B, N, head_dim]
     sin: torch.Tensor  # [B, N, head_dim]
     mask: torch.Tensor | None  # [1 or B, 1, N, start + N] bool (True = may attend); None = causal/full
-    cache: "KVCache | PrefixKV | None"
-    start: int
+    cache: SlotWriter | PrefixKV | None  # where this forward's rows write their K/V
+    start: int  # slots before the new rows that the rows may attend to
+    window: int | None = None  # a fixed number of slots attended to (static shapes), else start + rows
     _views: dict = field(default_factory=dict)
 
     def view(self, c: int):
         """(cos, sin), mask for the first c rows."""
         if c not in self._views:
-            mask = None if self.mask is None else self.mask[:, :, :c, :self.start + c]
+            end = self.window or self.start + c
+            mask = None if self.mask is None else self.mask[:, :, :c, :end]
             self._views[c] = ((self.cos[:, :c], self.sin[:, :c]), mask)
         return self._views[c]
 
@@ -105,7 +51,8 @@ class Counters:
     forwards: int = 0  # target forwards (full model), prefill included
     positions: int = 0  # rows processed by target forwards, at the last layer
     draft_forwards: int = 0  # forwards of a draft model or head (not the target)
-    host_reads: int = 0  # device-to-host reads through Engine.host (each one waits for the device)
+    syncs: int = 0  # waits for the device: reads through Engine.host, blocking copies through Engine.upload
+    uploads: int = 0  # host-to-device copies through Engine.upload (pinned and non-blocking on CUDA)
 
 
 def cache_keyword(module: torch.nn.Module) -> str:
@@ -151,30 +98,32 @@ class Engine:
                        self.dtype, self.device)
 
     def context(self, positions: torch.Tensor, tree_mask: torch.Tensor | None,
-                cache: KVCache | PrefixKV | None, start: int | None = None,
-                full_mask: torch.Tensor | None = None) -> Context:
-        """positions: [N] or [B, N] absolute position ids; tree_mask: [N, N] bool among the new
-        rows (row i may see row j), None for plain causal; the committed prefix is then always
-        visible. full_mask: [B, 1, N, start + N] replaces both when given (training)."""
+                cache: KVCache | PrefixKV | None, offset: int = 0,
+                full_mask: torch.Tensor | None = None, window: int | None = None) -> Context:
+        """What the layers of one forward of N new rows need.
+
+        positions: [N] or [B, N] absolute position ids (device). The rows write their K/V at
+        slots lengths[b] + offset + i of `cache` (nothing in the cache moves: the loop commits
+        rows afterwards) and attend to every slot before their own (the committed prefix, and
+        rows drafted earlier at smaller offsets) plus, among the new rows, what tree_mask
+        ([N, N] or [B, N, N] bool, row i may see row j; None = causal) allows. full_mask
+        [B|1, 1, N, start + N] (or [.., window]) replaces both (training, drafting heads, static
+        steps); window: attend to that many slots whatever the lengths (static shapes)."""
         if positions.dim() == 1:
             positions = positions[None]
-        start = (cache.length if cache is not None else 0) if start is None else start
-        if cache is not None:
-            cache.start = start
         n = positions.shape[1]
-        probe = torch.empty(0, dtype=self.dtype, device=self.device)
-        cos, sin = self.rotary(probe, positions.to(self.device))
+        writer = cache.writer(n, offset, window) if cache is not None else None
+        start = (cache.length + offset) if cache is not None else 0
+        cos, sin = self.rotary(torch.empty(0, dtype=self.dtype, device=self.device), positions.to(self.device))
         if full_mask is not None:
             mask = full_mask
+        elif isinstance(cache, KVCache) and len(set(cache.seen)) > 1:
+            mask = ragged_mask(cache, tree_mask, n, offset)  # sequences of different lengths
         elif tree_mask is None and (n == 1 or start == 0):
             mask = None  # sdpa: full attention for one row, causal from slot 0 otherwise
         else:
-            if tree_mask is None:
-                tree_mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()
-            mask = torch.ones(n, start + n, dtype=torch.bool, device=self.device)
-            mask[:, start:] = tree_mask
-            mask = mask[None, None]
-        return Context(cos, sin, mask, cache, start)
+            mask = prefix_mask(tree_mask, n, start, self.device)
+        return Context(cos, sin, mask, writer, start, window)
 
     # -- pieces ------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -217,25 +166,37 @@ class Engine:
 
     # -- the target forward ------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None,
-                cache: KVCache | None, start: int | None = None,
+                cache: KVCache | None, offset: int = 0,
                 inserts: Mapping[int, Insert] | None = None) -> torch.Tensor:
-        """One full-model forward of new rows; returns last-layer hidden states (pre final norm).
+        """One full-model forward of new rows; returns last-layer hidden states [B, N, d] (pre
+        final norm). The rows' K/V go to the slots after each sequence's committed length (see
+        context); committing them is the caller's (cache.keep / advance / truncate).
 
         ids: [n] or [B, n]; positions, tree_mask cover every row, inserted ones included:
-        positions [N], tree_mask [N, N] with N = n + inserted rows. Counts one target forward.
+        positions [N] or [B, N], tree_mask [N, N] or [B, N, N] with N = n + inserted rows.
+        Counts one target forward.
         """
         if ids.dim() == 1:
             ids = ids[None]
-        ctx = self.context(positions, tree_mask, cache, start)
+        ctx = self.context(positions, tree_mask, cache, offset)
         h = self.run_layers(self.embed(ids), ctx, inserts=inserts)
         self.count(h.shape[1])
         return h
 
     def host(self, x: torch.Tensor) -> list | int | float:
         """The one way decoding code reads a tensor on the host (`x.tolist()`): on a GPU each read
-        waits for the device, so the loop keeps them to one per step; counted for tests and records."""
-        self.counters.host_reads += 1
+        waits for the device, so the loop keeps them to one per step; counted as a sync."""
+        self.counters.syncs += 1
         return x.tolist()
+
+    def upload(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """Host values as a device tensor without waiting for the device: on CUDA through pinned
+        memory, copied non-blocking (a copy from pageable memory, `torch.tensor(list, device=...)`,
+        waits like a read). On the CPU there is nothing to copy to."""
+        self.counters.uploads += 1
+        if self.device.type != "cuda":
+            return torch.tensor(values, dtype=dtype, device=self.device)
+        return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
 
     def count_draft(self, forwards: int = 1) -> None:
         """Book forwards of a draft model or head (timed inside the turn, not target forwards)."""
@@ -251,9 +212,35 @@ class Engine:
         """A plain causal forward of ids [B, T] from slot 0 (not counted), keeping the hidden
         states entering the `capture` layers: ({layer: [B, T, d]}, last-layer output [B, T, d])."""
         B, T = ids.shape
-        ctx = self.context(torch.arange(T, device=self.device).expand(B, T), None, cache, start=0)
+        ctx = self.context(torch.arange(T, device=self.device).expand(B, T), None, cache)
         h, lo, hidden_at = self.embed(ids), 0, {}
         for layer in sorted(set(capture)):
             h = self.run_layers(h, ctx, lo, layer)
             hidden_at[layer], lo = h, layer
         return hidden_at, self.run_layers(h, ctx, lo)
+
+
+def prefix_mask(tree_mask: torch.Tensor | None, n: int, start: int, device) -> torch.Tensor:
+    """[1|B, 1, n, start + n]: every row sees the `start` slots before the rows, and the new rows
+    as tree_mask ([n, n] or [B, n, n]; None = causal) says."""
+    if tree_mask is None:
+        tree_mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
+    if tree_mask.dim() == 2:
+        tree_mask = tree_mask[None]
+    before = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device).expand(tree_mask.shape[0], 1, n, start)
+    return torch.cat([before, tree_mask[:, None]], dim=3)
+
+
+def ragged_mask(cache: KVCache, tree_mask: torch.Tensor | None, n: int, offset: int) -> torch.Tensor:
+    """[B, 1, n, max length + offset + n] for sequences of different committed lengths: sequence
+    b's rows (at slots lengths[b] + offset + i) see its slots before them and, among the new rows,
+    what tree_mask allows; nothing past its own rows (other sequences' longer prefixes)."""
+    device = cache.buf.device
+    if tree_mask is None:
+        tree_mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
+    tree_mask = tree_mask.expand(cache.batch, n, n)
+    end = cache.length + offset + n
+    rel = cache.arange(end)[None, :] - (cache.lengths[:, None] + offset)  # [B, end] slot - first new row
+    inside = (rel >= 0) & (rel < n)
+    tree_part = tree_mask.gather(2, rel.clamp(0, n - 1)[:, None, :].expand(-1, n, -1))  # [B, n, end]
+    return ((rel < 0)[:, None, :] | (inside[:, None, :] & tree_part))[:, None]

@@ -2,7 +2,11 @@
 
 A method says how it drafts; the shared loop in harness/core/decoding.py does the rest:
 
-    begin -> prefill -> observe -> [propose -> verify -> greedy accept -> keep cache -> observe]*
+    prepare -> begin -> prefill -> observe -> [propose -> verify -> accept -> keep cache -> observe]*
+
+Every hook works on a batch of B sequences (B = 1 today) with device tensors: `propose` gets the
+pending tokens [B] and returns a Tree [B, n]; `observe` gets the Step the acceptance rule decided
+(device tensors, and the host copy of the paths the loop read in its one read per step).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from harness.core.engine import Engine, KVCache
+from harness.core.cache import KVCache
+from harness.core.engine import Engine
 from harness.core.tree import Tree
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "methods" / "checkpoints"
@@ -26,6 +31,22 @@ def checkpoint_file(model_key: str, name: str) -> Path:
     if path.suffix == ".safetensors" or path.exists():
         return path
     return CHECKPOINT_ROOT / model_key / f"{name}.safetensors"
+
+
+@dataclass
+class Step:
+    """What one target forward decided for each of B sequences."""
+
+    paths: list[list[int]]  # host: accepted node indices per sequence, root first (prefill: [[P - 1]])
+    tokens: list[list[int]]  # host: committed tokens per sequence, accepted drafts then `next`
+    best: torch.Tensor  # [B] the deepest accepted node (prefill: the last prompt row)
+    next: torch.Tensor  # [B] the target's next token: the new pending token
+    on_path: torch.Tensor | None = None  # [B, n] bool, the accepted nodes (None after a prefill or a plain step)
+    extra: list[list[int]] | None = None  # host: the method's extra_read(), read with the step
+    def rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, n, d] -> [B, d]: each sequence's row of its deepest accepted node."""
+        B, _, d = hidden.shape
+        return hidden.gather(1, self.best[:, None, None].expand(B, 1, d))[:, 0]
 
 
 class MethodError(ValueError):
@@ -161,26 +182,44 @@ class Method:
         return {} if key is None else {key: self.draft_probe}
 
     # -- the decoding hooks ------------------------------------------------------------------
+    drafts: ClassVar[bool] = True  # False: one row per step through `step` (no tree, no acceptance walk)
+
+    def prepare(self, cache: KVCache) -> None:
+        """Size what the method keeps beside the target's cache (a draft model's or head's cache,
+        captured graphs) for cache.max_len positions. Called before any timed turn (and again by
+        decode, where it must be a no-op once sized): nothing is allocated inside a timed turn."""
+
     def begin(self, prompt_ids: list[int]) -> None:
         """A turn starts: the prompt as host ids, before its prefill (no device read needed)."""
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Target forward over the prompt. ids: [P] -> hidden [P, d] (pre final norm)."""
-        positions = torch.arange(ids.numel(), device=self.engine.device)
-        return self.engine.forward(ids, positions, None, cache)[0]
+        """Target forward over the prompt. ids: [B, P] -> hidden [B, P, d] (pre final norm)."""
+        positions = cache.lengths[:, None] + cache.arange(ids.shape[1])  # [B, P]
+        return self.engine.forward(ids, positions, None, cache)
 
-    def propose(self, root: int, cache: KVCache) -> Tree:
-        """The draft tree rooted at the pending token `root`. Drafting may write K/V at slots
-        >= cache.length (the verify forward overwrites them) but must not change cache.length."""
-        return Tree.chain(torch.full((1,), root, dtype=torch.long, device=self.engine.device))  # no blocking copy
+    def step(self, pending: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """A method that drafts nothing: one target forward of the pending tokens [B] at the
+        slots after each sequence -> hidden [B, d]."""
+        return self.engine.forward(pending[:, None], cache.lengths[:, None], None, cache)[:, 0]
+
+    def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
+        """The drafts rooted at the pending tokens [B] (device): a Tree [B, n]. Drafting may write
+        K/V at slots past each sequence's length (the verify forward overwrites them) but must not
+        commit any (cache lengths unchanged)."""
+        return Tree.chain(pending[:, None])
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
-        """One target forward over the tree; returns hidden [n, d] of the tree nodes."""
-        positions = tree.depths + cache.length
+        """One target forward over the drafts; returns hidden [B, n, d] of the tree nodes."""
+        positions = tree.depths + cache.lengths[:, None]  # [B, n]
         mask = tree.mask if tree.size > 1 else None
-        return self.engine.forward(tree.tokens, positions, mask, cache)[0]
+        return self.engine.forward(tree.tokens, positions, mask, cache)
 
-    def observe(self, hidden: torch.Tensor, tree: Tree | None, path: list[int]) -> None:
-        """After acceptance: hidden [n, d] of the forward's rows, path = accepted node indices on
-        the host (root first; for the prefill, tree is None and path = [P - 1]). Reading a tensor
-        on the host here costs a device synchronisation: use engine.host, and only if needed."""
+    def extra_read(self) -> torch.Tensor | None:
+        """Integers [B, r] the method needs on the host after this verify (lookahead's window
+        guesses): read together with the loop's own read, so they cost no extra device wait."""
+        return None
+
+    def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
+        """After acceptance: hidden [B, n, d] of the forward's rows and what was accepted (for the
+        prefill: tree None, step.paths = [[P - 1]]). The committed rows are already in the cache.
+        Reading a tensor on the host here costs a device wait: use engine.host, and only if needed."""

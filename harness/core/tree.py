@@ -1,5 +1,5 @@
-"""Draft trees shared by every method: build from per-step top-k candidates and a list of paths,
-flatten with true depths, ancestor mask, greedy verification.
+"""Draft trees shared by every method: a batch of B trees padded to n nodes as device tensors, built
+from per-step top-k candidates and a list of paths, from host parents, or as chains.
 
 A tree's node 0 is the root: the pending token (the last committed token, whose K/V is not yet
 in the cache). Nodes are stored parents-first, so every path is ascending in node index.
@@ -16,48 +16,116 @@ Path = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Tree:
-    """A flattened draft tree of n nodes (root included)."""
+    """The drafts of B sequences, padded to n nodes each (root included): what one verify forward
+    checks. A chain is parents = i - 1; a tree anything parents-first."""
 
-    tokens: torch.Tensor  # [n] token ids; tokens[0] = root
-    parents: torch.Tensor  # [n] parent node index; parents[0] = -1
-    depths: torch.Tensor  # [n] distance from the root (position offset)
-    mask: torch.Tensor  # [n, n] bool: mask[i, j] = j is i or an ancestor of i
+    tokens: torch.Tensor  # [B, n] token ids; tokens[:, 0] = root (the pending token)
+    parents: torch.Tensor  # [B, n] parent node index; parents[:, 0] = -1
+    depths: torch.Tensor  # [B, n] distance from the root (position offset)
+    mask: torch.Tensor  # [B, n, n] bool: mask[b, i, j] = j is i or an ancestor of i
+    valid: torch.Tensor | None = None  # [B, n] bool, False on padding nodes; None = every node is real
+    probs: torch.Tensor | None = None  # the draft's own probabilities ([B, n] of its tokens, or [B, n, V]);
+    #                                    None for a deterministic draft (top-k, n-gram copies)
 
     @property
     def size(self) -> int:
-        return self.tokens.numel()
+        """Nodes per sequence (padding included), root included."""
+        return self.tokens.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
 
     @property
     def draft_size(self) -> int:
-        """Draft tokens verified besides the root."""
-        return self.tokens.numel() - 1
+        """Draft tokens verified per sequence besides the root."""
+        return self.tokens.shape[1] - 1
 
     @staticmethod
-    def chain(tokens: torch.Tensor) -> "Tree":
-        """A single path: root followed by a draft sequence. tokens: [n]"""
-        n = tokens.numel()
-        idx = torch.arange(n, device=tokens.device)
-        mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril_()
-        return Tree(tokens, idx - 1, idx, mask)
+    def chain(tokens: torch.Tensor, layout: "ChainLayouts | None" = None) -> "Tree":
+        """A single path per sequence: root followed by a draft sequence. tokens: [B, n] (or [n])."""
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        B, n = tokens.shape
+        parents, depths, mask = (layout or ChainLayouts())(n, tokens.device)
+        return Tree(tokens, parents.expand(B, n), depths.expand(B, n), mask.expand(B, n, n))
 
     @staticmethod
     def from_parents(tokens: torch.Tensor, parents: list[int]) -> "Tree":
-        """Any tree given parents-first: parents[0] = -1 and parents[i] < i."""
-        n = len(parents)
-        mask = torch.zeros(n, n, dtype=torch.bool, device="cpu")  # built on the host, moved once
-        depths = [0] * n
-        for i, p in enumerate(parents):
-            if i == 0:
-                if p != -1:
-                    raise ValueError("node 0 must be the root")
-            elif not 0 <= p < i:
-                raise ValueError(f"node {i}: parent {p} must come before it")
-            else:
-                mask[i] = mask[p]
-                depths[i] = depths[p] + 1
-            mask[i, i] = True
+        """One sequence's tree given parents-first on the host: parents[0] = -1, parents[i] < i."""
+        mask, depths = host_layout(parents)
         dev = tokens.device
-        return Tree(tokens, torch.tensor(parents, device=dev), torch.tensor(depths, device=dev), mask.to(dev))
+        return Tree(tokens.view(1, -1), torch.tensor(parents, device=dev)[None], torch.tensor(depths, device=dev)[None],
+                    torch.tensor(mask, device=dev)[None])
+
+    @staticmethod
+    def from_host(tokens: list[int], parents: list[int], upload) -> "Tree":
+        """One sequence's tree built on the host, sent to the device in one copy: upload(list of
+        ints) -> a device tensor (Engine.upload: pinned and non-blocking on CUDA)."""
+        mask, depths = host_layout(parents)
+        n = len(tokens)
+        packed = upload(tokens + parents + depths + [int(x) for row in mask for x in row])  # [3n + n*n]
+        return Tree(packed[:n][None], packed[n:2 * n][None], packed[2 * n:3 * n][None],
+                    packed[3 * n:].view(1, n, n).bool())
+
+    @staticmethod
+    def stack(trees: list["Tree"]) -> "Tree":
+        """One tree per sequence -> a batch padded to the largest; padding nodes hang off the root
+        and are invalid (the acceptance rule never accepts them)."""
+        n = max(t.size for t in trees)
+        parts = [[], [], [], [], []]
+        for t in trees:
+            pad = n - t.size
+            dev = t.tokens.device
+            parts[0].append(nn_pad(t.tokens, pad, 0))
+            parts[1].append(nn_pad(t.parents, pad, 0))
+            parts[2].append(nn_pad(t.depths, pad, 0))
+            mask = torch.zeros(t.batch, n, n, dtype=torch.bool, device=dev)
+            mask[:, :t.size, :t.size] = t.mask
+            mask[:, t.size:, t.size:] |= torch.eye(pad, dtype=torch.bool, device=dev)
+            parts[3].append(mask)
+            valid = t.valid if t.valid is not None else torch.ones_like(t.tokens, dtype=torch.bool)
+            parts[4].append(nn_pad(valid, pad, False))
+        return Tree(*(torch.cat(p) for p in parts))
+
+
+def nn_pad(x: torch.Tensor, pad: int, value) -> torch.Tensor:
+    """[B, n] -> [B, n + pad], padded at the end with `value`."""
+    return torch.nn.functional.pad(x, (0, pad), value=value) if pad else x
+
+
+def host_layout(parents: list[int]) -> tuple[list[list[bool]], list[int]]:
+    """(ancestor mask [n][n], depths) of a parents-first tree, as host lists; a malformed tree is
+    a ValueError."""
+    n = len(parents)
+    mask = [[False] * n for _ in range(n)]
+    depths = [0] * n
+    for i, p in enumerate(parents):
+        if i == 0:
+            if p != -1:
+                raise ValueError("node 0 must be the root")
+        elif not 0 <= p < i:
+            raise ValueError(f"node {i}: parent {p} must come before it")
+        else:
+            mask[i] = list(mask[p])
+            depths[i] = depths[p] + 1
+        mask[i][i] = True
+    return mask, depths
+
+
+class ChainLayouts:
+    """Parents, depths and causal mask of chains, made once per length (a method drafting chains
+    of varying length keeps one, instead of a few small kernels per step)."""
+
+    def __init__(self):
+        self._made: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+
+    def __call__(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (n, str(device))
+        if key not in self._made:
+            idx = torch.arange(n, device=device)
+            self._made[key] = (idx - 1, idx, torch.ones(n, n, dtype=torch.bool, device=device).tril_())
+        return self._made[key]
 
 
 class TreeShape:
@@ -89,13 +157,14 @@ class TreeShape:
     def size(self) -> int:
         return len(self.paths) + 1
 
-    def build(self, root: int, candidates: torch.Tensor) -> Tree:
-        """candidates: [steps, k] top-k token ids per draft step (best first)."""
-        t = self._template
-        drafts = candidates[self._step, self._rank]
-        # torch.full launches a fill; torch.tensor([root]) would be a host-to-device copy, which waits for the device
-        tokens = torch.cat([torch.full((1,), root, dtype=drafts.dtype, device=drafts.device), drafts])
-        return Tree(tokens, t.parents, t.depths, t.mask)
+    def build(self, root: torch.Tensor, candidates: torch.Tensor) -> Tree:
+        """root: [B] the pending tokens (device); candidates: [B, steps, k] top-k token ids per draft
+        step (best first) -> the tree of each sequence, [B, n]."""
+        t, B = self._template, root.shape[0]
+        drafts = candidates[:, self._step, self._rank]  # [B, n - 1]
+        tokens = torch.cat([root[:, None].to(drafts.dtype), drafts], dim=1)
+        n = tokens.shape[1]
+        return Tree(tokens, t.parents.expand(B, n), t.depths.expand(B, n), t.mask.expand(B, n, n))
 
     def __repr__(self) -> str:
         return f"TreeShape({self.size - 1} draft nodes, depth {self.depth}, top-{self.topk})"
@@ -103,26 +172,6 @@ class TreeShape:
 
 def chain_paths(depth: int) -> list[Path]:
     return [(0,) * d for d in range(1, depth + 1)]
-
-
-def accepted_mask(tree: Tree, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The longest path whose every token equals the argmax of its parent's logits, computed on
-    the device without a host read.
-
-    predicted: [n] the target's greedy next token at each node. Returns (best, on_path): the
-    deepest accepted node ([1]; the bonus token is predicted[best]) and [n] bool, the nodes of
-    the accepted path, root included.
-    """
-    ok = torch.ones_like(tree.tokens, dtype=torch.bool)
-    ok[1:] = tree.tokens[1:] == predicted[tree.parents[1:]]
-    valid = ~(tree.mask & ~ok[None, :]).any(dim=1)  # node and all its ancestors match
-    best = torch.argmax(tree.depths * valid).view(1)  # [1] deepest valid node (root has depth 0)
-    return best, tree.mask.index_select(0, best)[0]  # indexing with a 0-d tensor would read it on the host
-
-
-def greedy_accept(tree: Tree, predicted: torch.Tensor) -> torch.Tensor:
-    """Accepted node indices, root first (ascending): accepted_mask's path as indices."""
-    return accepted_mask(tree, predicted)[1].nonzero().squeeze(1)
 
 
 # Named sparse trees (paths over per-step top-k candidates), shared by FIRP and Medusa.

@@ -120,7 +120,7 @@ def tree_profile(dec: Decoder, name: str, options: dict) -> dict:
     for source, out in dec.turns(method):
         recorded, method.recorded = method.recorded, []
         if recorded:
-            host = dec.engine.host(torch.stack(recorded))  # [steps, K, R]: one read per turn
+            host = dec.engine.host(torch.stack(recorded)[:, 0])  # [steps, K, R] of the one sequence: one read per turn
             steps[source] += count_tree_steps(host, out, *counts[source])
     if not sum(steps.values()):
         raise ValueError("no decoding step had all its future tokens: raise --max-new-tokens")
@@ -143,8 +143,8 @@ def chain_profile(dec: Decoder, name: str, options: dict) -> dict:
     method = dec.method(name, {**options, "k": k_max})
     drafted, accepted = {src: [] for src in TUNING_SETS}, {src: [] for src in TUNING_SETS}
     for source, out in dec.turns(method):
-        drafted[source] += out.draft_sizes[1:]  # the prefill drafts nothing
-        accepted[source] += out.accepted
+        drafted[source] += out.draft_sizes[1:]  # decoding steps: the prefill drafts nothing
+        accepted[source] += out.accepted[1:]
     pooled = chain_stats(sum(drafted.values(), []), sum(accepted.values(), []), k_max)
     return {**pooled, "by_source": {src: chain_stats(drafted[src], accepted[src], k_max)
                                     for src in TUNING_SETS if accepted[src]},
@@ -169,7 +169,7 @@ def grid_profile(dec: Decoder, name: str, options: dict) -> dict:
         sums = {src: Counter() for src in points}
         for source, out in dec.turns(method, " ".join(f"{k}={v}" for k, v in point.items())):
             for src in ("all", source):
-                sums[src].update(steps=len(out.accepted), accepted=sum(out.accepted), drafts=out.draft_forwards,
+                sums[src].update(steps=out.steps, accepted=sum(out.accepted[1:]), drafts=out.draft_forwards,
                                  positions=sum(out.positions[1:]))  # the prefill's rows excluded
         for src, n in sums.items():
             if n["steps"]:
