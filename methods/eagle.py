@@ -46,15 +46,14 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from harness.core.checkpoint import shown_path
-from harness.core.costmodel import DEFAULT_PREFIX
-from harness.core.drafter import frozen_module, load_frozen
 from harness.core.cache import KVCache
+from harness.core.checkpoint import shown_path
+from harness.core.drafter import frozen_module, load_frozen
 from harness.core.engine import Context, Engine
 from harness.core.method import AUTO, Method, MethodError, Option, Step
-from harness.core.planning import (
+from harness.core.planning.costmodel import DEFAULT_PREFIX
+from harness.core.planning.shapes import (
     PLANNING_OPTIONS,
-    check_options,
     draft_cost,
     grid_point,
 )
@@ -181,12 +180,9 @@ class Eagle(Method):
     profile_grid = PROFILE_GRID
 
     @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        out = super().resolve_options(values)
-        check_options(cls.name, out)
-        if AUTO not in (out["depth"], out["total_tokens"]):
-            check_sizes(out)
-        return out
+    def validate(cls, config: dict) -> None:
+        if AUTO not in (config["depth"], config["total_tokens"]):
+            check_sizes(config)
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

@@ -24,12 +24,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.core.drafter import TreeDrafter, tree_options
 from harness.core.cache import KVCache, PrefixKV
+from harness.core.drafter import TreeDrafter, tree_options
 from harness.core.engine import Engine
-from harness.core.planner import Path, layered_cost, tree_depth
-from harness.core.planning import draft_cost
 from harness.core.method import Step
+from harness.core.planning.planner import Path, layered_cost, tree_depth
+from harness.core.planning.shapes import draft_cost
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_pass
 

@@ -36,7 +36,7 @@ import torch
 from harness.core.cache import KVCache
 from harness.core.engine import Engine
 from harness.core.method import AUTO, Method, MethodError, Option, Step
-from harness.core.planning import PLANNING_OPTIONS, check_options, grid_point
+from harness.core.planning.shapes import PLANNING_OPTIONS, grid_point
 from harness.core.tree import Tree
 
 PRESETS: dict[str, tuple[int, int, int]] = {"published": (7, 5, 7)}  # (W, N, G) of the paper's 7B runs
@@ -191,18 +191,18 @@ class Lookahead(Method):
     @classmethod
     def sizes(cls, values: dict) -> tuple[int, int, int]:
         """(W, N, G) that these option values give; a MethodError when they are invalid."""
-        return resolve_sizes(cls.resolve_options(values), values)
+        config = cls.resolve_options(values)
+        return config["window"], config["ngram"], config["guess"]
 
     @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        out = super().resolve_options(values)
-        check_options(cls.name, out)
-        return out
+    def validate(cls, config: dict) -> None:
+        """A named preset fills in the three sizes (refused beside any of them); sizes checked."""
+        resolve_sizes(config, config.given)
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
-        self.width, self.ngram, self.guess = resolve_sizes(self.config, values)
-        if self.config["preset"] == AUTO and not any(k in values for k in SIZES):
+        self.width, self.ngram, self.guess = (self.config[k] for k in SIZES)
+        if self.config["preset"] == AUTO and not any(k in self.config.given for k in SIZES):
             self.config.update(grid_point(self, {}, dict(zip(SIZES, (self.width, self.ngram, self.guess)))))
             self.width, self.ngram, self.guess = (self.config[k] for k in SIZES)
         self.pool = NGramPool(self.guess)

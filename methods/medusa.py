@@ -27,8 +27,8 @@ from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.drafter import TreeDrafter, frozen_module, tree_options
 from harness.core.engine import Engine
 from harness.core.method import MethodError, Step
-from harness.core.planner import Path as TreePath
-from harness.core.planning import draft_cost
+from harness.core.planning.planner import Path as TreePath
+from harness.core.planning.shapes import draft_cost
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_final, teacher_pass
 

@@ -99,12 +99,7 @@ class HFPromptLookup(HFGenerate):
 
     name = "hf-prompt-lookup"
     summary = "transformers generate(prompt_lookup_num_tokens=k): prompt-lookup drafting (outside peer)"
-    options = (Option("tokens", "int", 10, "prompt_lookup_num_tokens: draft tokens per lookup"),)
-
-    def __init__(self, engine, model_key: str, **values):
-        super().__init__(engine, model_key, **values)
-        if self.config["tokens"] < 1:
-            raise MethodError(f"hf-prompt-lookup.tokens: {self.config['tokens']} must be >= 1")
+    options = (Option("tokens", "int", 10, "prompt_lookup_num_tokens: draft tokens per lookup", low=1),)
 
     def generate_kwargs(self) -> dict:
         return {"prompt_lookup_num_tokens": self.config["tokens"]}

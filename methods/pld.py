@@ -24,7 +24,7 @@ import torch
 
 from harness.core.cache import KVCache
 from harness.core.method import AUTO, Method, MethodError, Option, Step
-from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options
+from harness.core.planning.shapes import PLANNING_OPTIONS, chain_k
 from harness.core.tree import ChainLayouts, Tree
 
 STATIC_K = 10  # without a profile: Saxena's and Spec-Bench's value
@@ -69,23 +69,18 @@ class PromptLookup(Method):
         Option("max_ngram", "int", 3, "longest suffix n-gram looked up (tried first)"),
         Option("min_ngram", "int", 1, "shortest suffix n-gram looked up"),
         Option("k", "int", AUTO, f"draft tokens copied per match: auto (planned from the model's pld profile and "
-                                 f"this hardware's cost model; {STATIC_K}, the published value, without a profile)"),
+                                 f"this hardware's cost model; {STATIC_K}, the published value, without a profile)",
+               low=1),
         *PLANNING_OPTIONS,
     )
     profile_family = "chain"
     profile_k_max = 16  # the k a profile is measured with: auto chooses among 1..16
 
     @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        """Typed options, checked before any model is loaded."""
-        out = super().resolve_options(values)
-        if out["min_ngram"] < 1 or out["max_ngram"] < out["min_ngram"]:
-            raise MethodError(f"pld: need 1 <= min_ngram <= max_ngram, got min_ngram={out['min_ngram']}, "
-                              f"max_ngram={out['max_ngram']}")
-        if out["k"] != AUTO and out["k"] < 1:
-            raise MethodError(f"pld.k: {out['k']} must be at least 1")
-        check_options(cls.name, out)
-        return out
+    def validate(cls, config: dict) -> None:
+        if config["min_ngram"] < 1 or config["max_ngram"] < config["min_ngram"]:
+            raise MethodError(f"pld: need 1 <= min_ngram <= max_ngram, got min_ngram={config['min_ngram']}, "
+                              f"max_ngram={config['max_ngram']}")
 
     def __init__(self, engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

@@ -113,22 +113,17 @@ class SelfSpeculative(Method):
         Option("checkpoint", "str", ARTIFACT_NAME,
                "searched skip set: a name under methods/checkpoints/<model>/ or a .json path"),
         Option("threshold", "float", 0.8,
-               "stop drafting after a token whose top-1 probability is below this (initial value if adaptive)"),
+               "stop drafting after a token whose top-1 probability is below this (initial value if adaptive)",
+               low=0, high=1),
         Option("adaptive", "bool", True, "adapt the threshold to the acceptance rate (Draft & Verify); false = fixed"),
-        Option("max_draft", "int", 8, "maximum draft tokens per step"),
+        Option("max_draft", "int", 8, "maximum draft tokens per step", low=1),
     )
 
     @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        """Typed options, checked before any model is loaded (layer ranges are checked later)."""
-        out = super().resolve_options(values)
-        if out["skip"]:
-            SkipSet.parse(out["skip"])
-        if not 0.0 <= out["threshold"] <= 1.0:
-            raise MethodError(f"self-spec.threshold: {out['threshold']} is not in [0, 1]")
-        if out["max_draft"] < 1:
-            raise MethodError(f"self-spec.max_draft: {out['max_draft']} must be at least 1")
-        return out
+    def validate(cls, config: dict) -> None:
+        """The skip set is parsed here, before any model is loaded (layer ranges are checked later)."""
+        if config["skip"]:
+            SkipSet.parse(config["skip"])
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from harness.core.checkpoint import shown_path
-from harness.core.costmodel import DEFAULT_PREFIX
 from harness.core.cache import KVCache
+from harness.core.checkpoint import shown_path
 from harness.core.engine import Engine
 from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option, Step
-from harness.core.planning import PLANNING_OPTIONS, chain_k, check_options, draft_cost
+from harness.core.planning.costmodel import DEFAULT_PREFIX
+from harness.core.planning.shapes import PLANNING_OPTIONS, chain_k, draft_cost
 from harness.core.tree import ChainLayouts, Tree
 from methods.sps_draft import KIND, load_draft_checkpoint
 
@@ -39,9 +39,9 @@ SPECIAL_TOKENS = ("bos_token_id", "eos_token_id")
 DRAFT_OPTIONS = (
     Option("draft", "str", "", f"draft model: an HF directory or hub id with the target's tokenizer, or a trained "
                                f"draft (name under methods/checkpoints/<model>/ or .safetensors path); empty = {KIND}"),
-    Option("k", "int", 4, "draft tokens per step (most; a low-confidence stop may draft fewer)"),
+    Option("k", "int", 4, "draft tokens per step (most; a low-confidence stop may draft fewer)", low=1),
     Option("threshold", "float", 0.0, "stop drafting after a token whose draft top-1 probability is below "
-                                      "this (0 = off; > 0 costs a host read per draft token)"),
+                                      "this (0 = off; > 0 costs a host read per draft token)", low=0, high=1),
 )
 
 
@@ -102,17 +102,6 @@ class UsesDraft:
     options = DRAFT_OPTIONS
     draft_info: dict
 
-    @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        """Typed options, checked before any model is loaded."""
-        out = super().resolve_options(values)
-        if out["k"] != AUTO and out["k"] < 1:
-            raise MethodError(f"{cls.name}.k: {out['k']} must be at least 1")
-        if not 0.0 <= out["threshold"] <= 1.0:
-            raise MethodError(f"{cls.name}.threshold: {out['threshold']} is not in [0, 1]")
-        check_options(cls.name, out)
-        return out
-
     def load_draft(self) -> torch.nn.Module:
         lm, self.draft_info = load_draft(self.engine, self.model_key, self.config["draft"], self.name)
         return lm
@@ -130,7 +119,7 @@ class SpS(UsesDraft, Method):
     name = "sps"
     summary = "speculative sampling (SpS), greedy: a small draft model with its own KV cache drafts a chain"
     options = tuple(Option("k", "int", AUTO, f"draft tokens per step: auto (planned from the draft's profile and "
-                                             f"this hardware's cost model; {STATIC_K} without a profile)")
+                                             f"this hardware's cost model; {STATIC_K} without a profile)", low=1)
                     if o.name == "k" else o for o in DRAFT_OPTIONS) + PLANNING_OPTIONS
     profile_family = "chain"
     profile_k_max = 8  # the k a profile is measured with (threshold 0): auto chooses among 1..8

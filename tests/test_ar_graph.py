@@ -2,7 +2,6 @@
 here) is lossless against ar, keeps the same cache, reads the device once per step, and is
 rebuilt when the cache's buffer changes. Its CUDA-graph replay is tested in test_cuda.py."""
 
-import random
 
 import pytest
 from helpers import assert_cache_is_committed_sequence, assert_lossless

@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_model
 from helpers import assert_lossless
 
-from harness.core import costmodel
 from harness.core.checkpoint import save_checkpoint
 from harness.core.method import MethodError
+from harness.core.planning import costmodel
 from methods.eagle import Eagle, EagleHead, target_shapes
 from methods.firp import FIRP, PseudoChains
 from methods.lookahead import Lookahead

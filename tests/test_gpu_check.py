@@ -9,7 +9,7 @@ from dataclasses import replace
 from click.testing import CliRunner
 
 from harness.analysis.decodecheck import warnings_per_step
-from harness.analysis.gpucheck import CPU_PLAN, Sections, run_check
+from harness.analysis.gpucheck import CPU_SIZES, Sections, run_check
 from harness.analysis.gpucheck_report import checks, write
 from harness.cli import main
 from methods.autoregressive import Autoregressive
@@ -53,9 +53,9 @@ def test_verdicts_fail_a_real_divergence_an_extra_read_and_a_broken_section():
 
 
 def test_reduced_cpu_rehearsal_end_to_end(tmp_path):
-    plan = replace(CPU_PLAN, prompt_len=8, max_new=10, prompts=1, ns=(1, 2), train_steps=3, train_len=16,
+    sizes = replace(CPU_SIZES, prompt_len=8, max_new=10, prompts=1, ns=(1, 2), train_steps=3, train_len=16,
                    copy_mb=8, repeats=2)
-    result = run_check("cpu", plan, budget_s=600, tests=False, embedded=False)
+    result = run_check("cpu", sizes, budget_s=600, tests=False, embedded=False)
     out, rows = write(result, tmp_path / "gpu")
     bad = [r for r in rows if r[1] in ("fail", "error", "skipped")]
     assert not bad, bad

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import costmodel
-from harness.core.planner import (
+from harness.core.planning import costmodel
+from harness.core.planning.planner import (
     best,
     chain_choices,
     expected_ratio,

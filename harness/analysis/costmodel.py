@@ -1,5 +1,5 @@
 """The target's forward latency c(n) as a function of the rows one forward processes (measured by
-harness/core/costmodel.py, which methods also use to plan their drafts; re-exported here).
+harness/core/planning/costmodel.py, which methods also use to plan their drafts; re-exported here).
 
 A speculative method that processes n rows per forward and commits tau tokens per forward can
 at best be tau * c(1) / c(n) times faster than the baseline (one row per forward); reporting the
@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.core.costmodel import DEFAULT_NS, DEFAULT_PREFIX, measure, ratio_at
 from harness.core.engine import Engine
+from harness.core.planning.costmodel import DEFAULT_NS, DEFAULT_PREFIX, measure, ratio_at
 
 __all__ = ["DEFAULT_NS", "DEFAULT_PREFIX", "measure", "ratio_at", "run", "default_out"]
 COSTMODEL_ROOT = Path(__file__).resolve().parents[2] / "results" / "costmodel"

@@ -57,7 +57,7 @@ SHAPES: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class Plan:
+class Sizes:
     """Sizes of one gpu-check run. shapes = (smaller, larger)."""
 
     shapes: tuple[str, str]
@@ -72,8 +72,8 @@ class Plan:
     embedded_new: int  # tokens per prompt on the embedded model
 
 
-GPU_PLAN = Plan(("llama-1b", "llama-7b"), 128, 128, 2, tuple(range(1, 65)), 6, 128, 2048, 5, 96)
-CPU_PLAN = Plan(("tiny-gqa", "tiny-mha"), 16, 24, 2, (1, 2, 4, 8, 16), 5, 32, 64, 3, 12)
+GPU_SIZES = Sizes(("llama-1b", "llama-7b"), 128, 128, 2, tuple(range(1, 65)), 6, 128, 2048, 5, 96)
+CPU_SIZES = Sizes(("tiny-gqa", "tiny-mha"), 16, 24, 2, (1, 2, 4, 8, 16), 5, 32, 64, 3, 12)
 
 
 def random_llama(shape: str, dtype: torch.dtype, device: str, seed: int = 0):
@@ -140,11 +140,11 @@ def copy_bandwidth(device: str, mb: int, repeats: int) -> float:
     return 2 * src.numel() / sorted(times[1:])[len(times[1:]) // 2]
 
 
-def costmodel_section(engine: Engine, plan: Plan) -> dict:
-    """c(n) for the plan's n, next to the bound of reading every weight once per forward."""
+def costmodel_section(engine: Engine, sizes: Sizes) -> dict:
+    """c(n) for the n of the sizes, next to the bound of reading every weight once per forward."""
     weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    bandwidth = copy_bandwidth(str(engine.device), plan.copy_mb, plan.repeats)
-    result = cm.measure(engine, plan.ns, prefix=min(256, plan.prompt_len * 2), repeats=plan.repeats)
+    bandwidth = copy_bandwidth(str(engine.device), sizes.copy_mb, sizes.repeats)
+    result = cm.measure(engine, sizes.ns, prefix=min(256, sizes.prompt_len * 2), repeats=sizes.repeats)
     bound = weights / bandwidth
     return {**result, "weight_bytes": weights, "copy_bandwidth_gb_s": bandwidth / 1e9, "bound_seconds": bound,
             "c1_over_bound": result["seconds"][0] / bound}
@@ -161,15 +161,15 @@ def telemetry_section(engine: Engine, method, prompt: list[int], max_new: int, e
     return {"info": info, "turn": probe.result}
 
 
-def training_section(engine: Engine, plan: Plan) -> dict:
+def training_section(engine: Engine, sizes: Sizes) -> dict:
     """A few FIRP and Medusa steps on one fixed batch of random sequences: the loss must fall;
     the drafters (and AdamW's state) stay float32 whatever the target's dtype."""
     from methods.firp import PseudoChains
     from methods.medusa import MedusaHeads
 
     vocab = engine.config.vocab_size
-    seqs = [Sequence("random", random.Random(i).choices(range(3, vocab), k=plan.train_len), 4) for i in range(5)]
-    cfg = TrainConfig(steps=plan.train_steps, batch=4, positions=plan.train_len, max_len=plan.train_len,
+    seqs = [Sequence("random", random.Random(i).choices(range(3, vocab), k=sizes.train_len), 4) for i in range(5)]
+    cfg = TrainConfig(steps=sizes.train_steps, batch=4, positions=sizes.train_len, max_len=sizes.train_len,
                       lr=1e-3, warmup=1, eval_sequences=1)
     mid = engine.num_layers // 2
     out = {}
@@ -218,7 +218,7 @@ def random_prompts(vocab: int, count: int, length: int) -> list[list[int]]:
     return [random.Random(100 + i).choices(range(3, vocab - 1), k=length) for i in range(count)]
 
 
-def shape_sections(sections: Sections, shape: str, larger: bool, plan: Plan, device: str, dtype: torch.dtype,
+def shape_sections(sections: Sections, shape: str, larger: bool, sizes: Sizes, device: str, dtype: torch.dtype,
                    folder: Path) -> None:
     """Build one random-weight shape, then its decoding checks and its role's extra sections."""
     import methods as registry
@@ -229,16 +229,16 @@ def shape_sections(sections: Sections, shape: str, larger: bool, plan: Plan, dev
     engine = Engine(model)
     sections.results[f"{shape}/build"]["result"] = {"config": SHAPES[shape], "dtype": str(dtype),
                                                     "parameters": sum(p.numel() for p in model.parameters())}
-    prompts = random_prompts(engine.config.vocab_size, plan.prompts, plan.prompt_len)
+    prompts = random_prompts(engine.config.vocab_size, sizes.prompts, sizes.prompt_len)
     eos = {engine.config.vocab_size - 1}
     sections.run(f"{shape}/decoding", lambda: check_methods(engine, random_methods(engine, folder), prompts,
-                                                           plan.max_new, eos))
+                                                           sizes.max_new, eos))
     if larger:
-        sections.run(f"{shape}/costmodel", lambda: costmodel_section(engine, plan))
+        sections.run(f"{shape}/costmodel", lambda: costmodel_section(engine, sizes))
         ar = registry.get("ar")(engine, "random")
-        sections.run(f"{shape}/telemetry", lambda: telemetry_section(engine, ar, prompts[0], plan.max_new, eos))
+        sections.run(f"{shape}/telemetry", lambda: telemetry_section(engine, ar, prompts[0], sizes.max_new, eos))
     else:
-        sections.run(f"{shape}/training", lambda: training_section(engine, plan))
+        sections.run(f"{shape}/training", lambda: training_section(engine, sizes))
 
 
 EMBEDDED_PROMPTS = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -246,7 +246,7 @@ EMBEDDED_PROMPTS = ("Natalia sold clips to 48 of her friends in April, and then 
                     "Write three sentences about why the sky is blue.")
 
 
-def embedded_section(device: str, plan: Plan) -> dict:
+def embedded_section(device: str, sizes: Sizes) -> dict:
     """The embedded model (default dtype for the device) with every runnable method and its trained
     drafters, on two fixed chat prompts; skipped when its converted weights are not on the machine."""
     import methods as registry
@@ -261,10 +261,10 @@ def embedded_section(device: str, plan: Plan) -> dict:
     engine = Engine(lm.model)
     methods = {name: registry.get(name)(engine, lm.key) for name in registry.runnable(lm.key)}
     prompts = [chat_prompt(lm.tokenizer, [text], []) for text in EMBEDDED_PROMPTS]
-    return {"dtype": lm.dtype, **check_methods(engine, methods, prompts, plan.embedded_new, eos_ids(lm.model, lm.tokenizer))}
+    return {"dtype": lm.dtype, **check_methods(engine, methods, prompts, sizes.embedded_new, eos_ids(lm.model, lm.tokenizer))}
 
 
-def run_check(device: str, plan: Plan, budget_s: float = 420.0, tests: bool = True,
+def run_check(device: str, sizes: Sizes, budget_s: float = 420.0, tests: bool = True,
               embedded: bool = True, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Every section in priority order; returns the JSON-ready result (written by the caller)."""
     from harness.bench.results import hardware, library_versions
@@ -273,13 +273,13 @@ def run_check(device: str, plan: Plan, budget_s: float = 420.0, tests: bool = Tr
     if tests:
         sections.run("cuda-tests", cuda_tests)
     with tempfile.TemporaryDirectory() as folder:  # the untrained drafters' checkpoints
-        for i, shape in enumerate(plan.shapes):
-            shape_sections(sections, shape, i == 1, plan, device, dtype, Path(folder))
+        for i, shape in enumerate(sizes.shapes):
+            shape_sections(sections, shape, i == 1, sizes, device, dtype, Path(folder))
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
     if embedded:
-        sections.run("embedded", lambda: embedded_section(device, plan))
+        sections.run("embedded", lambda: embedded_section(device, sizes))
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device, "dtype": str(dtype),
-            "plan": asdict(plan), "budget_s": budget_s, "seconds": time.perf_counter() - t0,
+            "sizes": asdict(sizes), "budget_s": budget_s, "seconds": time.perf_counter() - t0,
             "hardware": hardware(device), "versions": library_versions(), "telemetry": telemetry_info(device),
             "sections": sections.results}

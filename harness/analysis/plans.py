@@ -3,7 +3,7 @@ c(n) (`spec-harness costmodel --drafts`): draft costs and each method's per-step
 
 Each method is built as a run would build it (its `auto` shape planned from its acceptance profile
 and the cost model given, or this machine's); what it chose, or why it fell back, is its plan
-record (harness/core/planning.py).
+record (harness/core/planning/shapes.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 import methods as registry
-from harness.core.costmodel import draft_ratio, one_row_forward, read, write
 from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
+from harness.core.planning.costmodel import draft_ratio, one_row_forward, read, write
 from harness.train.profile import Decoder, ProfileConfig
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.bench.plan import CONTROL
 from harness.bench.results import load_run
 from harness.bench.runner import summary_of
+from harness.bench.validate import CONTROL
 
 DEFAULT_MARGIN = 0.05
 TAU_DIGITS = 9

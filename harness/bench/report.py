@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.bench.plan import CONTROL
 from harness.bench.runner import summary_of
+from harness.bench.validate import CONTROL
 
 
 def _fmt(x, spec: str) -> str:

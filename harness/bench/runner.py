@@ -22,10 +22,10 @@ import methods as registry
 from harness.bench import metrics, rundir
 from harness.bench.data import Sample, chat_prompt
 from harness.bench.divergence import diagnose
-from harness.bench.plan import CACHE_SLACK, Plan, RunConfig, validate
 from harness.bench.records import make_record, skipped_record
 from harness.bench.results import RecordWriter, base_manifest, load_run, write_json
 from harness.bench.telemetry import Telemetry, TelemetrySource, telemetry_info, telemetry_kind
+from harness.bench.validate import CACHE_SLACK, RunConfig, ValidRun, validate
 from harness.core.cache import KVCache
 from harness.core.decoding import Decoded, decode, synchronize
 from harness.core.engine import Engine
@@ -46,14 +46,14 @@ class Runner:
     """Holds the model, methods and output files of one run."""
 
     def __init__(self, cfg: RunConfig, progress: bool = True):
-        self.plan: Plan = validate(cfg)  # nothing loaded or written before this passes
+        self.valid: ValidRun = validate(cfg)  # nothing loaded or written before this passes
         self.cfg, self.progress = cfg, progress
         torch.manual_seed(cfg.seed)
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype)
         self.engine = Engine(self.lm.model)
-        self.names = self.plan.names
-        self.methods: dict[str, Method] = {n: registry.get(n)(self.engine, self.lm.key, **cfg.method_args.get(n, {}))
-                                           for n in self.names}
+        self.names = self.valid.names
+        self.methods: dict[str, Method] = {n: registry.get(n)(self.engine, self.lm.key, options=self.valid.options[n])
+                                           for n in self.names}  # options as validated: resolved once
         self.out: Path = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
@@ -64,12 +64,12 @@ class Runner:
         """The longest prompt any turn of the run can have within the model's context: its turns,
         every earlier answer at the full budget (plus re-tokenisation slack)."""
         longest = 0
-        for items in self.plan.samples.values():
+        for items in self.valid.samples.values():
             for sample in items:
                 earlier = len(sample.turns) - 1
                 prompt = len(chat_prompt(self.lm.tokenizer, sample.turns, [""] * earlier))
                 longest = max(longest, prompt + earlier * (self.cfg.max_new_tokens + ANSWER_SLACK))
-        return min(longest, self.plan.context - self.cfg.max_new_tokens - CACHE_SLACK)
+        return min(longest, self.valid.context - self.cfg.max_new_tokens - CACHE_SLACK)
 
     def _eos_ids(self) -> set[int]:
         ids = self.lm.model.generation_config.eos_token_id
@@ -81,20 +81,20 @@ class Runner:
     def manifest(self) -> dict:
         """A new run's manifest; a resumed run keeps its own and gains one entry per resume."""
         now = base_manifest(self.lm.device)
-        samples = {d: [s.sample_id for s in v] for d, v in self.plan.samples.items()}
-        if self.plan.resumed is not None:
-            old = dict(self.plan.resumed)
+        samples = {d: [s.sample_id for s in v] for d, v in self.valid.samples.items()}
+        if self.valid.resumed is not None:
+            old = dict(self.valid.resumed)
             resume = {k: now[k] for k in ("created", "command", "hardware", "git", "libraries")}
             if old.get("num_samples") != self.cfg.num_samples:
                 resume["num_samples"] = [old.get("num_samples"), self.cfg.num_samples]
             old.update(resumes=old.get("resumes", []) + [resume], num_samples=self.cfg.num_samples, samples=samples)
             return old
-        now.update({"request": self.plan.request, "model": self.cfg.model, "model_key": self.lm.key,
+        now.update({"request": self.valid.request, "model": self.cfg.model, "model_key": self.lm.key,
                     "model_source": self.lm.source, "dtype": self.lm.dtype, "device": self.lm.device,
                     "methods": self.names, "method_configs": {n: self.methods[n].describe() for n in self.names},
-                    "datasets": list(self.plan.samples), "num_samples": self.cfg.num_samples,
+                    "datasets": list(self.valid.samples), "num_samples": self.cfg.num_samples,
                     "samples": samples,
-                    "warmup_items": {d: (s.sample_id if s else None) for d, s in self.plan.warmup.items()},
+                    "warmup_items": {d: (s.sample_id if s else None) for d, s in self.valid.warmup.items()},
                     "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,
                     "data_source": self.cfg.data_source, "telemetry": self.kind,
                     "telemetry_info": telemetry_info(self.lm.device) if self.kind != "off" else None,
@@ -119,7 +119,7 @@ class Runner:
 
     def fits(self, prompt: list[int]) -> str | None:
         """None, or why a prompt cannot be decoded within the model's context."""
-        limit = self.plan.context
+        limit = self.valid.context
         if len(prompt) + self.cfg.max_new_tokens + CACHE_SLACK > limit:
             return f"prompt of {len(prompt)} tokens + budget {self.cfg.max_new_tokens} exceeds context {limit}"
         return None
@@ -153,10 +153,10 @@ class Runner:
     def warm_up(self, bar, done: dict) -> None:
         """Every method once per dataset with turns to decode, at the full budget, on an
         unmeasured item that fits (the first measured one when the dataset has no other), untimed."""
-        for dataset, items in self.plan.samples.items():
+        for dataset, items in self.valid.samples.items():
             if not self.pending(items, done):
                 continue
-            spare = self.plan.warmup[dataset]
+            spare = self.valid.warmup[dataset]
             for sample in ([spare] if spare else []) + items:
                 prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
                 if self.fits(prompt) is None:
@@ -169,11 +169,11 @@ class Runner:
         write_json(self.out / "manifest.json", self.manifest())
         writer = RecordWriter(self.out / "records.jsonl")
         try:
-            total = sum(len(s.turns) for v in self.plan.samples.values() for s in v) * len(self.names)
+            total = sum(len(s.turns) for v in self.valid.samples.values() for s in v) * len(self.names)
             with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
                 if self.cfg.warmup:
                     self.warm_up(bar, writer.done)
-                for items in self.plan.samples.values():
+                for items in self.valid.samples.values():
                     for sample in items:
                         self._run_sample(sample, writer, bar)
         finally:

@@ -58,7 +58,7 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update) ->
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
     from harness.analysis import costmodel as cm
     from harness.bench.results import write_json
-    from harness.core.costmodel import read
+    from harness.core.planning.costmodel import read
 
     try:
         if update and not drafts:

@@ -48,14 +48,14 @@ def gpu_check(device, out, budget, shapes, no_tests, no_embedded) -> None:
 
     from harness.analysis import gpucheck, gpucheck_report
 
-    plan = gpucheck.GPU_PLAN if device.startswith("cuda") else gpucheck.CPU_PLAN
+    sizes = gpucheck.GPU_SIZES if device.startswith("cuda") else gpucheck.CPU_SIZES
     if shapes:
         names = tuple(s.strip() for s in shapes.split(","))
         unknown = [s for s in names if s not in gpucheck.SHAPES]
         if len(names) != 2 or unknown:
             raise click.BadParameter(f"two of {', '.join(gpucheck.SHAPES)}", param_hint="--shapes")
-        plan = replace(plan, shapes=names)
-    result = gpucheck.run_check(device, plan, budget, tests=not no_tests, embedded=not no_embedded)
+        sizes = replace(sizes, shapes=names)
+    result = gpucheck.run_check(device, sizes, budget, tests=not no_tests, embedded=not no_embedded)
     path, rows = gpucheck_report.write(result, out)
     for name, status, detail in rows:
         click.echo(f"{status:>7}  {name}: {detail}")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from harness.core.checkpoint import CheckpointError, load_checkpoint, shown_path
 from harness.core.cache import KVCache
+from harness.core.checkpoint import CheckpointError, load_checkpoint, shown_path
 from harness.core.engine import Engine
 from harness.core.method import AUTO, Method, MethodError, Option
-from harness.core.planner import Choice, tree_choices
-from harness.core.planner import Path as TreePath
-from harness.core.planning import PLANNING_OPTIONS, Planned, check_options, plan_shape
+from harness.core.planning.planner import Choice, tree_choices
+from harness.core.planning.planner import Path as TreePath
+from harness.core.planning.shapes import PLANNING_OPTIONS, Planned, plan_shape
 from harness.core.tree import Tree, TreeShape, resolve_tree
 
 # Static tree, used when `auto` cannot plan (no profile): 'tiny' (5 draft nodes) had the best
@@ -61,12 +61,6 @@ class TreeDrafter(Method):
     and call `self.set_candidates(draft_logits)` from observe()."""
 
     profile_family = "tree"
-
-    @classmethod
-    def resolve_options(cls, values: dict) -> dict:
-        out = super().resolve_options(values)
-        check_options(cls.name, out)
-        return out
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

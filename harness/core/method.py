@@ -19,10 +19,12 @@ import torch
 
 from harness.core.cache import KVCache
 from harness.core.engine import Engine
+from harness.core.options import AUTO, MethodError, Option, Options, resolve
 from harness.core.tree import Tree
 
+__all__ = ["AUTO", "CHECKPOINT_ROOT", "Method", "MethodError", "Option", "Options", "Step", "checkpoint_file"]
+
 CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "methods" / "checkpoints"
-AUTO = "auto"  # a shape option's default: plan it for this hardware (harness/core/planning.py)
 
 
 def checkpoint_file(model_key: str, name: str) -> Path:
@@ -43,48 +45,11 @@ class Step:
     next: torch.Tensor  # [B] the target's next token: the new pending token
     on_path: torch.Tensor | None = None  # [B, n] bool, the accepted nodes (None after a prefill or a plain step)
     extra: list[list[int]] | None = None  # host: the method's extra_read(), read with the step
+
     def rows(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, n, d] -> [B, d]: each sequence's row of its deepest accepted node."""
         B, _, d = hidden.shape
         return hidden.gather(1, self.best[:, None, None].expand(B, 1, d))[:, 0]
-
-
-class MethodError(ValueError):
-    """A method cannot be built as asked (bad option, missing weights); the message says why."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One method option, settable as `--method-arg NAME.KEY=VALUE`. An option whose default is
-    "auto" also accepts "auto" whatever its kind."""
-
-    name: str
-    kind: str  # "int" | "float" | "bool" | "str" | "ints"
-    default: Any
-    help: str
-    choices: tuple | None = None
-
-    def parse(self, text: str) -> Any:
-        if text == AUTO and self.default == AUTO:
-            return AUTO
-        try:
-            if self.kind == "int":
-                value = int(text)
-            elif self.kind == "float":
-                value = float(text)
-            elif self.kind == "bool":
-                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(text)
-                value = text.lower() in ("1", "true", "yes")
-            elif self.kind == "ints":
-                value = tuple(int(x) for x in text.split(",") if x.strip())
-            else:
-                value = text
-        except ValueError:
-            raise MethodError(f"{self.name}: {text!r} is not a valid {self.kind}") from None
-        if self.choices is not None and value not in self.choices:
-            raise MethodError(f"{self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        return value
 
 
 class Method:
@@ -98,25 +63,23 @@ class Method:
     profile_family: ClassVar[str | None] = None  # "tree" | "chain" | "grid": plans its draft shape
     planned: Any = None  # a planning.Planned when the method planned (or fell back from) an auto shape
 
-    def __init__(self, engine: Engine, model_key: str, **values: Any):
+    def __init__(self, engine: Engine, model_key: str, options: Options | None = None, **values: Any):
+        """options: values already resolved (by the run's validation); else `values` (strings of
+        --method-arg, or typed values) are resolved here."""
         self.engine = engine
         self.model_key = model_key
-        self.config = self.resolve_options(values)
+        resolved = options if options is not None else self.resolve_options(values)
+        self.config = Options(resolved)  # a copy the method may fill in (planned shapes)
+        self.config.given = resolved.given
 
     @classmethod
-    def resolve_options(cls, values: dict[str, Any]) -> dict[str, Any]:
-        known = {o.name: o for o in cls.options}
-        unknown = set(values) - set(known)
-        if unknown:
-            valid = ", ".join(known) or "(none)"
-            raise MethodError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-        out = {o.name: o.default for o in cls.options}
-        for key, value in values.items():
-            try:
-                out[key] = known[key].parse(value) if isinstance(value, str) else value
-            except MethodError as err:
-                raise MethodError(f"{cls.name}.{err}") from None  # e.g. "lookahead.window: 'x' is not a valid int"
-        return out
+    def resolve_options(cls, values: dict[str, Any]) -> Options:
+        """Every option typed and checked, then the method's own rule between options (`validate`)."""
+        return resolve(cls.name, cls.options, values, cls.validate)
+
+    @classmethod
+    def validate(cls, config: Options) -> None:
+        """Rules between options (a subclass's); raise MethodError naming the options."""
 
     @classmethod
     def artifact_path(cls, model_key: str, name: str) -> Path:

@@ -1,5 +1,5 @@
 """Acceptance profiles (`spec-harness tune profile METHOD`): what a method's drafts are worth, the
-half of planning an `auto` draft shape that does not depend on the hardware (harness/core/planner.py
+half of planning an `auto` draft shape that does not depend on the hardware (harness/core/planning/planner.py
 has the other half, the cost model).
 
 Measured by decoding the tuning sets (GSM8K train and XSum validation read from their end: never a
@@ -38,7 +38,7 @@ from harness.bench.data import TUNING_SETS, chat_prompt, load_samples
 from harness.core.decoding import Decoded, decode
 from harness.core.drafter import PROFILE_RANKS
 from harness.core.engine import Engine
-from harness.core.planner import path_key
+from harness.core.planning.planner import path_key
 
 ROOM = 256  # KV slots past prompt + budget (the runner's slack)
 

@@ -85,7 +85,7 @@ def sweep(method: str, grid: list[Point], cfg: SweepConfig, model: str, device: 
             "objective": "speedup over ar: ratio of mean tokens/s per decode (prefill included), tuning sets",
             "best": max(rows, key=lambda r: r["speedup"]), "ar": _numbers(table.loc[registry.BASELINE]),
             "rows": rows, "run": str(runner.out),
-            "budget": {**asdict(cfg), "prompts": sum(len(v) for v in runner.plan.samples.values()),
+            "budget": {**asdict(cfg), "prompts": sum(len(v) for v in runner.valid.samples.values()),
                        "sources": list(TUNING_SETS)},
             "seconds": round(time.time() - t0, 1), **results.base_manifest(runner.lm.device)}
 

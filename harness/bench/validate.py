@@ -12,8 +12,8 @@ from pathlib import Path
 import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, select
-from harness.core.method import MethodError
 from harness.core.modelload import check_supported, load_config
+from harness.core.options import MethodError, Options
 
 CACHE_SLACK = 256  # KV slots past prompt + budget for draft rows
 CONTROL = f"{registry.BASELINE}:control"  # the A/A control: the baseline decoded a second time
@@ -40,8 +40,9 @@ class RunConfig:
 
 
 @dataclass
-class Plan:
-    """A validated run: method names in registry order, their typed options, the samples each
+class ValidRun:
+    """A validated run: method names in registry order, their typed options (each method is built
+    from them), the samples each
     dataset measures, one unmeasured warm-up item per dataset (None when every item is measured),
     the request that --resume must match, and the manifest of the run being resumed."""
 
@@ -71,14 +72,19 @@ def check_numbers(cfg: RunConfig) -> None:
         raise DataError(f"--seed {cfg.seed}: must be 0 or more")
 
 
-def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, dict]:
-    """Typed options per method; unknown methods/options and --method-arg for absent methods refused."""
+def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, Options]:
+    """Typed, checked options per method (the runner builds each method from them: resolved
+    once); unknown methods/options and --method-arg for absent methods refused."""
     for name in names:
         registry.get(name)
     unknown = set(cfg.method_args) - set(names)
     if unknown:
         raise MethodError(f"--method-arg names method(s) not in --methods: {', '.join(sorted(unknown))}")
-    options = {n: registry.get(n).resolve_options(dict(cfg.method_args.get(n, {}))) for n in names}
+    return {n: registry.get(n).resolve_options(dict(cfg.method_args.get(n, {}))) for n in names}
+
+
+def as_json(options: dict[str, Options]) -> dict[str, dict]:
+    """Options as the request records them (tuples as lists)."""
     return {n: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()} for n, o in options.items()}
 
 
@@ -110,17 +116,17 @@ def model_context(model: str) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 1 << 30)
 
 
-def validate(cfg: RunConfig) -> Plan:
-    """The run's Plan, or the first problem as a user error (nothing loaded, nothing written)."""
+def validate(cfg: RunConfig) -> ValidRun:
+    """The run, validated, or the first problem as a user error (nothing loaded, nothing written)."""
     check_numbers(cfg)
     names = method_names(cfg)
     options = check_methods(cfg, names)
     samples, warmup = choose_samples(cfg)
     rundir.check_out(cfg.out, cfg.resume, cfg.overwrite)
-    request = make_request(cfg, names, options)
+    request = make_request(cfg, names, as_json(options))
     resumed = rundir.check_resume(cfg.out, request) if cfg.resume else None
     context = model_context(cfg.model)
     if cfg.max_new_tokens + CACHE_SLACK + 1 > context:
         raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: with {CACHE_SLACK} slots for drafts it exceeds "
                         f"the model's context of {context} tokens; use at most {context - CACHE_SLACK - 1}")
-    return Plan(names, options, samples, warmup, request, context, resumed)
+    return ValidRun(names, options, samples, warmup, request, context, resumed)

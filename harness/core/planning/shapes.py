@@ -1,6 +1,6 @@
 """What a drafting method needs to choose its draft shape when asked for `auto` (the default): its
 acceptance profile (measured on the tuning sets by `spec-harness tune profile METHOD`), the cost
-model of the hardware (harness/core/costmodel.py), and the planner (harness/core/planner.py).
+model of the hardware (harness/core/planning/costmodel.py), and the planner (harness/core/planning/planner.py).
 
 No profile, or a given cost model without a draft cost the method needs: the method's static
 default is used and the reason recorded; a run never fails for it.
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.core.checkpoint import shown_path
-from harness.core import costmodel
 from harness.core.method import AUTO, MethodError, Option
-from harness.core.planner import (
+from harness.core.planning import costmodel
+from harness.core.planning.planner import (
     Choice,
     best,
     chain_choices,
@@ -26,9 +26,9 @@ from harness.core.planner import (
 )
 
 PLANNING_OPTIONS = (
-    Option("costmodel", "str", "", "cost-model JSON to plan `auto` shapes for (another machine's, e.g. "
+    Option("costmodel", "file", "", "cost-model JSON to plan `auto` shapes for (another machine's, e.g. "
                                    "results/costmodel/*.json); empty = this machine's, measured once and cached"),
-    Option("profile", "str", "", "acceptance profile JSON for `auto` (default: the method's own, "
+    Option("profile", "file", "", "acceptance profile JSON for `auto` (default: the method's own, "
                                  "from `spec-harness tune profile`)"),
 )
 FAMILIES = {"tree": ("paths", "p"), "chain": ("drafted_at_least", "accepted_at_least"), "grid": ("points",)}
@@ -44,13 +44,6 @@ class Planned:
 
     shape: Any
     record: dict
-
-
-def check_options(name: str, config: dict) -> None:
-    """A given cost model or profile must exist (checked before any model is loaded)."""
-    for key in ("costmodel", "profile"):
-        if config.get(key) and not Path(config[key]).is_file():
-            raise MethodError(f"{name}.{key}: no such file {config[key]}")
 
 
 def read_profile(path: Path, family: str) -> dict | None:
