@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_model
 from helpers import assert_lossless, random_sequences
+from test_eagle import make_eagle
 from test_firp import make_firp
 from test_medusa import make_medusa
 
@@ -26,6 +27,7 @@ from methods.autoregressive import Autoregressive
 from methods.firp import PseudoChains
 from methods.lookahead import Lookahead
 from methods.medusa import MedusaHeads
+from methods.pld import PromptLookup
 from methods.self_speculative import SelfSpeculative
 
 CFG = TrainConfig(steps=3, batch=4, positions=48, max_len=48, lr=1e-2, warmup=1, eval_sequences=1)
@@ -93,6 +95,8 @@ BUILDERS = {
     "medusa": lambda e, tmp: make_medusa(e, tmp, perturb=0.3),
     "self-spec": lambda e, tmp: SelfSpeculative(e, "tiny", skip="a1,m2"),
     "lookahead": lambda e, tmp: Lookahead(e, "tiny"),
+    "pld": lambda e, tmp: PromptLookup(e, "tiny", k=3),
+    "eagle": lambda e, tmp: make_eagle(e, tmp),
 }
 
 

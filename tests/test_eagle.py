@@ -99,7 +99,7 @@ def test_lossless_with_an_untrained_head(engine, tmp_path):
 def test_head_forwards_are_booked_and_the_tree_has_total_tokens(engine, tmp_path):
     eagle = make_eagle(engine, tmp_path, depth=3, top_k=2, total_tokens=5)
     out = decode(eagle, [5, 6, 7, 8], 20, set(), engine.new_cache(256))
-    steps = len(out.accept_lengths) - 1
+    steps = out.steps
     assert out.draft_forwards == 3 * steps
     assert out.draft_sizes[1:] == [5] * steps
 

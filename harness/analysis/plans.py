@@ -173,5 +173,5 @@ def _stepper(dec, subject):
             return time.perf_counter() - t0, budget
         out = decode(subject, prompt, budget, dec.eos, dec.cache)
         synchronize(engine.device)
-        return time.perf_counter() - t0 - out.prefill_time, len(out.accept_lengths) - 1
+        return time.perf_counter() - t0 - out.prefill_time, out.steps
     return op

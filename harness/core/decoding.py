@@ -28,8 +28,8 @@ class Decoded:
     positions: list[int] = field(default_factory=list)  # rows processed per forward
     accepted: list[int] = field(default_factory=list)  # draft tokens committed per forward (prefill: 0)
     draft_forwards: int = 0  # forwards of a draft model or head during the turn
-    syncs: int = 0  # waits for the device during the turn: host reads and blocking copies
-    prefill_syncs: int = 0  # those of the prefill (the first token's read)
+    syncs: int | None = None  # waits for the device during the turn: host reads and blocking copies
+    prefill_syncs: int | None = None  # those of the prefill (the first token's read); None: not counted (peers)
     prefill_time: float | None = 0.0
     stop: str = ""  # "eos" | "length"
 

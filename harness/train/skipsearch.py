@@ -83,7 +83,7 @@ def measure(method: Method, prompts: list[list[int]], max_new: int, eos: set[int
         synchronize(method.engine.device)
         m.seconds += time.perf_counter() - t0 - out.prefill_time
         m.tokens += len(out.output_ids) - 1
-        m.forwards += len(out.accept_lengths) - 1
+        m.forwards += out.steps
     m.drafted, m.accepted = getattr(method, "drafted", 0), getattr(method, "accepted", 0)
     return m
 
