@@ -3,6 +3,7 @@ cost model buys larger drafts than this CPU's measured one, a steep one falls ba
 draft (predicted slower than autoregressive), chains and grids, determinism."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,73 @@ def test_planning_reads_the_cost_curve_as_measured():
     assert best.shape == 3  # 4 rows: cheaper than 3, more tokens
 
 
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"ratio": [1.0, -0.5, 2.0]}, "ratio at n=2 = -0.5: must be a finite number > 0"),
+    ({"ratio": [1.0, float("nan"), 2.0]}, "ratio at n=2 = nan"),
+    ({"ratio": [1.0, float("inf"), 2.0]}, "ratio at n=2 = inf"),
+    ({"ratio": [2.0, 3.0, 4.0]}, "ratio at n=1 = 2.0: must be 1"),
+    ({"ratio": [1.0, 2.0]}, "ratio must hold one value per n"),
+    ({"n": [1, 4, 2]}, "n = [1, 4, 2]: n must rise from 1, strictly"),
+    ({"n": [1, 2, 2]}, "n must rise from 1"),
+    ({"n": [0, 1, 2]}, "n must rise from 1"),
+    ({"n": [1, 2.5, 3]}, "must be a non-empty list of row counts"),
+    ({"seconds": [0.1, 0.0, 0.3]}, "seconds at n=2 = 0.0"),
+    ({"drafts": {"medusa:x": -1.0}}, "drafts['medusa:x'] = -1.0: must be a finite number >= 0"),
+    ({"overheads": {"ar": float("nan")}}, "overheads['ar'] = nan"),
+    ({"model": 3}, "model = 3: must be a string"),
+])
+def test_one_validator_names_the_file_and_the_field(tmp_path, change, field):
+    good = {"model": "m", "n": [1, 2, 4], "ratio": [1.0, 1.5, 2.0], "seconds": [0.1, 0.15, 0.2]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**good, **change}))
+    with pytest.raises(costmodel.CostModelError, match=f"^{re.escape(str(path))}: .*{re.escape(field)}"):
+        costmodel.read(path)
+    with pytest.raises(costmodel.CostModelError, match=re.escape(field)):  # the same check on data in memory
+        costmodel.CostModel({**good, **change}, path, True)
+    assert costmodel.CostModel(good, path, True).max_n == 4
+
+
+def test_committed_cost_models_validate():
+    paths = sorted((ROOT / "results" / "costmodel").glob("*.json"))
+    assert paths and all(costmodel.read(p)["n"][0] == 1 for p in paths)
+
+
+def test_no_cost_is_charged_past_the_measured_rows():
+    cost = costmodel.CostModel({"n": [1, 2, 4], "ratio": [1.0, 1.5, 1.2]}, Path("x.json"), True)
+    assert cost.ratio(3) == pytest.approx(1.35) and cost.ratio(4) == 1.2 and cost.max_n == 4
+    assert cost.ratio(5) == float("inf")  # not extrapolated along the falling slope
+    choices = chain_choices(CHAIN, lambda k, rows: expected_ratio(cost.ratio, rows))
+    assert [c.shape for c in choices if c.cost < float("inf")] == [1, 2, 3]  # 1 + k rows <= 4
+
+
+def plan_pld(engine, tmp_path, cost: dict):
+    from methods.pld import PromptLookup
+
+    (tmp_path / "p.json").write_text(json.dumps(CHAIN))
+    (tmp_path / "c.json").write_text(json.dumps(cost))
+    return PromptLookup(engine, "tiny", profile=str(tmp_path / "p.json"), costmodel=str(tmp_path / "c.json"))
+
+
+def test_plans_leave_out_shapes_beyond_the_cost_model_and_say_so(engine, tmp_path):
+    plan = plan_pld(engine, tmp_path, {"n": [1, 2, 3, 4], "ratio": [1.0, 1.0, 1.0, 0.9]}).describe()["plan"]
+    assert plan["chosen"] == "k=3" and plan["costmodel"]["max_n"] == 4  # k=3 verifies up to 4 rows
+    assert plan["beyond_costmodel"].startswith("9 shape(s) needing more than the 4 rows the cost model measured")
+    assert plan["predicted_speedup"] < 3  # not the 1,956,957x of a falling slope extrapolated
+    none = plan_pld(engine, tmp_path, {"n": [1], "ratio": [1.0]})
+    assert none.k == 10 and "offers no shape within the 1 rows the cost model measured" in none.describe()["plan"]["fallback"]
+
+
+def test_planning_refuses_another_models_cost_model_and_warns_of_another_machine(engine, tmp_path, capsys):
+    from harness.core.method import MethodError
+
+    with pytest.raises(MethodError, match=r"pld.costmodel: .*c.json is a cost model of other, not of tiny"):
+        plan_pld(engine, tmp_path, {"model": "other", "n": [1, 64], "ratio": [1.0, 2.0]})
+    method = plan_pld(engine, tmp_path, {"model": "tiny", "device": "cuda:0", "dtype": "bfloat16",
+                                         "n": [1, 64], "ratio": [1.0, 2.0]})
+    note = method.describe()["plan"]["costmodel"]["machine_note"]
+    assert note == "measured on another machine: device cuda (here cpu), dtype bfloat16 (here float32)"
+    assert f"warning: pld's auto draft shape: the cost model {tmp_path / 'c.json'} was {note}" in capsys.readouterr().err
+    same = plan_pld(engine, tmp_path, {"model": "tiny", "device": "cpu", "dtype": "float32", "n": [1, 64], "ratio": [1.0, 2.0]})
+    assert "machine_note" not in same.describe()["plan"]["costmodel"] and "warning" not in capsys.readouterr().err

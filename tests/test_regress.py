@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from helpers import write_synthetic_run
 
 from harness.bench import regress
-from harness.bench.results import read_records
+from harness.bench.records_io import read_records
 from harness.bench.runner import summary_of
 from harness.cli import main
 

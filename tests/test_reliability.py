@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.bench import rundir
-from harness.bench.results import read_records
+from harness.bench.records_io import read_records
 from harness.bench.runner import RunConfig, Runner
 from harness.cli import main
 
@@ -174,8 +174,10 @@ def test_bad_output_directories(tiny_model_dir, tmp_path, where, message):
 
 def test_two_default_run_directories_in_one_second_differ(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "DEFAULT_ROOT", tmp_path / "runs")
-    a, b = rundir.create(None, False), rundir.create(None, False)
+    (a, lock_a), (b, lock_b) = rundir.create(None, False), rundir.create(None, False)
     assert a != b and a.is_dir() and b.is_dir()
+    lock_a.release()
+    lock_b.release()
 
 
 def test_unknown_dataset_is_reported_before_the_model_loads(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.bench import runner as runner_mod
-from harness.bench.results import read_records
+from harness.bench.records_io import read_records
 from harness.bench.runner import RunConfig, Runner
 from harness.cli import main
 

@@ -27,7 +27,7 @@ from harness.analysis.plotting import (
     styles,
     yerr,
 )
-from harness.bench.results import load_run
+from harness.bench.records_io import load_run
 from harness.bench.runner import summary_of
 
 SPEEDUP_COLS = ["speedup", "speedup_ci_low", "speedup_ci_high", "speedup_median"]

@@ -2,7 +2,8 @@
 and lean on a GPU, written as JSON + Markdown (harness/analysis/gpucheck_report.py).
 
 Sections, in order of priority (each timed; one that fails is recorded and the rest still run;
-past the time budget the remaining ones are skipped, and say so):
+past the time budget the remaining ones are skipped, and say so; a run in which nothing was
+checked fails, gpucheck_report.verdict):
 1. the CUDA test file (tests/test_cuda.py) in a subprocess;
 2. two Llama shapes with random weights, built from a config (no weights to carry): every
    in-loop method lossless against `ar` (or its divergence diagnosed) with its tau, tokens/s,
@@ -15,6 +16,7 @@ On the CPU (`--device cpu`) the same run uses tiny shapes: the rehearsal of the 
 
 from __future__ import annotations
 
+import math
 import random
 import subprocess
 import sys
@@ -187,6 +189,8 @@ class Sections:
     """Runs named sections under one deadline, recording each one's result, error or skip."""
 
     def __init__(self, budget_s: float):
+        if not (math.isfinite(budget_s) and budget_s > 0):
+            raise ValueError(f"a time budget of {budget_s} s: must be a finite number of seconds > 0")
         self.deadline = time.monotonic() + budget_s
         self.results: dict[str, dict] = {}
 

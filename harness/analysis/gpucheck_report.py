@@ -110,14 +110,26 @@ def checks(result: dict) -> list[tuple[str, str, str]]:
     return [c for name, sec in result["sections"].items() for c in section_checks(name, sec, cuda)]
 
 
+def verdict(rows: list[tuple[str, str, str]]) -> tuple[bool, str]:
+    """(passed, headline): a failed or broken check fails the run, and so does a run that
+    checked nothing (no check at all, or every one skipped or n/a): a check that ran nothing
+    must not pass."""
+    failed = sum(status in ("fail", "error") for _, status, _ in rows)
+    if failed:
+        return False, f"FAILED: {failed} check(s)"
+    if not any(status in ("pass", "tie") for _, status, _ in rows):
+        skipped = sum(status == "skipped" for _, status, _ in rows)
+        return False, f"FAILED: nothing was checked ({skipped} of {len(rows)} section(s) skipped)"
+    return True, "all checks pass"
+
+
 def markdown(result: dict, rows: list[tuple[str, str, str]]) -> str:
     hw, v = result["hardware"], result["versions"]
-    failed = [r for r in rows if r[1] in ("fail", "error")]
     lines = [f"# gpu-check: {hw.get('gpu') or hw.get('cpu')} ({result['device']}, {result['dtype']})", "",
              f"{result['created']}; torch {v.get('torch')}, transformers {v.get('transformers')}, "
              f"python {v.get('python')}; {result['seconds']:.0f} s of a {result['budget_s']:.0f} s budget; "
              f"telemetry: {result['telemetry'].get('kind')} {result['telemetry'].get('nvml_driver', '')}".rstrip(), "",
-             f"**{'FAILED: ' + str(len(failed)) + ' check(s)' if failed else 'all checks pass'}** "
+             f"**{verdict(rows)[1]}** "
              f"({sum(r[1] == 'tie' for r in rows)} greedy tie(s) diagnosed)", "",
              "| check | status | detail |", "| --- | --- | --- |"]
     lines += [f"| {name} | {status} | {detail.replace('|', '/')} |" for name, status, detail in rows]
@@ -133,7 +145,7 @@ def write(result: dict, out: Path | None = None) -> tuple[Path, list[tuple[str, 
     out.mkdir(parents=True, exist_ok=True)
     rows = checks(result)
     result["checks"] = [{"check": n, "status": s, "detail": d} for n, s, d in rows]
-    result["ok"] = not any(s in ("fail", "error") for _, s, _ in rows)
+    result["ok"], result["verdict"] = verdict(rows)
     write_json(out / "gpu_check.json", result)
     (out / "summary.md").write_text(markdown(result, rows))
     return out, rows

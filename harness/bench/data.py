@@ -9,6 +9,7 @@ training splits from their end. Every file is checked strictly before any model 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from harness.bench.jsonl import (
     unique_ids,
 )
 
-__all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "chat_prompt", "training_prompts"]
+__all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "measured", "chat_prompt", "training_prompts"]
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
 DATASETS = ("gsm8k", "xsum", "mt-bench", "spec-bench")
@@ -29,6 +30,9 @@ PATH_KINDS = ("jsonl:", "specbench:")  # a user's file: prompt/reference/id/cate
 # Tuning sets (method defaults, tree shapes): training splits read from the end, so that they do
 # not overlap the drafter-training prompts, which are read from the start. Never for evaluation.
 TUNING_SETS = ("gsm8k-train", "xsum-train")
+
+# Fields that say one thing two ways: an item with both is refused (one would be ignored unread).
+SAME_THING = (("prompt", "turns"), ("id", "question_id"))
 
 XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\nArticle:\n{document}"
 GSM8K_INSTRUCTION = "{question}\nSolve the problem step by step, then give the final answer as a number."
@@ -101,14 +105,36 @@ def select(samples: list[Sample], n: int | None) -> list[Sample]:
     return sorted(picked, key=lambda s: order[id(s)])
 
 
+def measured(name: str, samples: list[Sample], n: int | None) -> list[Sample]:
+    """`select(samples, n)`, saying on stderr (one line) when the dataset has fewer than the n
+    items asked for: every item is measured then, and the run records the ids it measured."""
+    if n is not None and n > len(samples):
+        print(f"notice: dataset {name} has {len(samples)} item(s), fewer than the {n} asked for: "
+              f"measuring all {len(samples)}", file=sys.stderr)
+    return select(samples, n)
+
+
 def load_samples(name: str, num_samples: int | None = None, source: str = "local") -> list[Sample]:
-    """`select(all_samples(name), num_samples)`: the items a run measures."""
-    return select(all_samples(name, source), num_samples)
+    """`measured(name, all_samples(name), num_samples)`: the items a run measures."""
+    return measured(name, all_samples(name, source), num_samples)
+
+
+def _rows(path: Path, required: tuple[str, ...], reads: tuple[str, ...]) -> list[dict]:
+    """The items of a data file (read_jsonl), each also checked to be unambiguous: none holds
+    both fields of a SAME_THING pair (`reads`: the one of each pair this format uses)."""
+    rows = read_jsonl(path, required)
+    for row in rows:
+        for pair in SAME_THING:
+            if all(row.get(k) is not None for k in pair):  # null = absent
+                used, other = pair if pair[0] in reads else pair[::-1]
+                raise DataError(f"{path}:{row['_line']}: ambiguous item with both {used!r} and {other!r}: "
+                                f"this format reads {used!r} and would ignore {other!r}; keep one")
+    return rows
 
 
 def _user_jsonl(name: str, path: Path) -> list[Sample]:
     """A user's file: `prompt` (required), optional `reference`, `id` (unique), `category`."""
-    rows = read_jsonl(path, ("prompt",))
+    rows = _rows(path, ("prompt",), ("prompt", "id"))
     ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
     unique_ids(path, rows, ids)
     out = []
@@ -120,7 +146,7 @@ def _user_jsonl(name: str, path: Path) -> list[Sample]:
 
 def _conversations(name: str, path: Path) -> list[Sample]:
     """MT-bench / Spec-Bench format: `question_id`, `category`, `turns`; references not scored."""
-    rows = read_jsonl(path, ("question_id", "turns"))
+    rows = _rows(path, ("question_id", "turns"), ("turns", "question_id"))
     ids = [str(r["question_id"]) for r in rows]
     unique_ids(path, rows, ids)
     return [Sample(name, sid, turns_field(path, r), None, {"category": r.get("category")})

@@ -11,7 +11,8 @@ Per record: tokens/s, Rouge-2, GSM8K correctness. Per (method, dataset[, categor
 - draft size and positions per decoding forward, draft forwards per decoding step, device waits
   (syncs: host reads and blocking copies) per decoding step;
 - quality, lossless rate (records with a baseline to compare with), ties and mismatches among
-  the divergences (harness/bench/divergence.py), joules per token.
+  the divergences (harness/bench/divergence.py), joules per token;
+- the A/A control's rule and the run's resolution (control_holds, control_reach).
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ import pandas as pd
 from harness.bench.data import extract_number
 
 BOOTSTRAP_ROUNDS = 2000
+NO_GROUP = "(none)"  # the `by` group of records without a value (report --by category on data without categories)
+CONTROL_RESOLUTION = 0.03  # an A/A control holds when its 95% interval lies inside 1 +- this
+
+
+def control_reach(low: float, high: float) -> float:
+    """How far an A/A control's 95% interval reaches from 1.00: the run's resolution (speedups
+    closer together than this are not told apart by the run)."""
+    return max(abs(1.0 - low), abs(high - 1.0))
+
+
+def control_holds(low: float, high: float) -> bool:
+    """The A/A control rule: the baseline timed against itself is 1.00 within the declared
+    resolution. (Asking its interval to hold 1.00 exactly fails a correct run by chance about once
+    in twenty datasets; a declared tolerance does not, and still flags a run that drifts.)"""
+    return control_reach(low, high) <= CONTROL_RESOLUTION
 
 
 @lru_cache(maxsize=1)
@@ -154,6 +170,12 @@ def _per_step(g: pd.DataFrame, column: str) -> float:
     return float(g.loc[ok, column].sum() / steps) if steps > 0 else math.nan
 
 
+def _equals(column: pd.Series, value) -> np.ndarray:
+    """column == value, where a missing value (no category) equals a missing value."""
+    return column.isna().to_numpy() if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else (column == value).to_numpy()
+
+
 def _syncs_per_step(g: pd.DataFrame) -> float:
     """Device waits per decoding step, the prefill's left out (records before schema 3: host
     reads per step, the prefill's read included)."""
@@ -165,19 +187,25 @@ def _syncs_per_step(g: pd.DataFrame) -> float:
 
 
 def pairs_of(df: pd.DataFrame, method: str, keys: dict, baseline: str) -> pd.DataFrame:
-    """The (method, baseline) turn pairs of one group: cluster = sample, tps, tps_base."""
-    sel = np.logical_and.reduce([df[k] == v for k, v in keys.items()] + [np.ones(len(df), bool)])
+    """The (method, baseline) turn pairs of one group: cluster = sample, tps, tps_base. A pair is
+    two records of one session (one process): a method is never paired with a baseline timed
+    by another process."""
+    sel = np.logical_and.reduce([_equals(df[k], v) for k, v in keys.items()] + [np.ones(len(df), bool)])
     m, b = df[sel & (df.method == method)], df[sel & (df.method == baseline)]
-    joined = m.merge(b[["sample_id", "turn", "tokens_per_s"]], on=["sample_id", "turn"], suffixes=("", "_base"))
+    on = ["sample_id", "turn"] + (["session"] if "session" in df else [])
+    joined = m.merge(b[[*on, "tokens_per_s"]], on=on, suffixes=("", "_base"))
     return pd.DataFrame({"cluster": joined["sample_id"], "tps": joined["tokens_per_s"],
                          "tps_base": joined["tokens_per_s_base"]})
 
 
 def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per (method, dataset, *by) with every reported metric."""
+    """One row per (method, dataset, *by) with every reported metric; records without a value of
+    a `by` column (a dataset without categories) form its group NO_GROUP."""
     df = records_frame(records)
     if df.empty:
         return pd.DataFrame()
+    for column in by:
+        df[column] = df[column].astype(object).where(df[column].notna(), NO_GROUP) if column in df else NO_GROUP
     keys = ["dataset", *by]
     rows = []
     for (method, *group), g in df.groupby(["method", *keys], sort=False, dropna=False):

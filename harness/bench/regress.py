@@ -10,8 +10,9 @@ The rule, per (method, dataset) of the reference:
   reference ci_low - margin (margin in speedup units, default 0.05); the margin absorbs a slightly
   slower machine;
 - a (method, dataset) of the reference missing from the new run fails;
-- the A/A control (`ar:control`, `run --control`): a new run whose control interval excludes
-  1.00 fails, whatever the reference says: a run that cannot time itself cannot time the methods.
+- the A/A control (`ar:control`, `run --control`): a new run whose control interval reaches
+  beyond 1.00 +- metrics.CONTROL_RESOLUTION fails, whatever the reference says: a run that
+  cannot time itself cannot time the methods.
 
 When tau or the lossless rate changed, the manifests are compared for the usual explanations
 (model key, dtype, device, budget, sample count, and the method's configuration).
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.bench.results import load_run
+from harness.bench.metrics import CONTROL_RESOLUTION, control_holds
+from harness.bench.records_io import load_run
 from harness.bench.runner import summary_of
 from harness.bench.validate import CONTROL
 
@@ -134,13 +136,13 @@ def compare(run_dir: Path, ref_dir: Path, margin: float = DEFAULT_MARGIN) -> Com
 
 
 def _control_failures(summary: pd.DataFrame) -> list[str]:
-    """Datasets where the new run's A/A control interval excludes 1.00."""
+    """Datasets where the new run's A/A control breaks the control rule (metrics.control_holds)."""
     if summary.empty:
         return []
     rows = summary[summary["method"] == CONTROL]
     return [f"{r.dataset}: control speedup {r.speedup:.3f} [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}] "
-            "excludes 1.00: the run cannot time itself" for r in rows.itertuples()
-            if not r.speedup_ci_low <= 1.0 <= r.speedup_ci_high]
+            f"reaches beyond 1.00 +- {CONTROL_RESOLUTION:g}: the run cannot time itself" for r in rows.itertuples()
+            if not control_holds(r.speedup_ci_low, r.speedup_ci_high)]
 
 
 def render(cmp: Comparison, margin: float) -> str:
@@ -158,7 +160,7 @@ def render(cmp: Comparison, margin: float) -> str:
     } for r in cmp.rows])
     lines = [table.to_markdown(index=False, disable_numparse=True), "",
              f"rule: tau (to 1e-{TAU_DIGITS}) and lossless rate equal; speedup >= reference "
-             f"95% CI low - {margin:g}; an A/A control interval holds 1.00"]
+             f"95% CI low - {margin:g}; an A/A control interval inside 1.00 +- {CONTROL_RESOLUTION:g}"]
     lines += [f"note: {n}" for n in cmp.notes]
     if cmp.failures:
         lines += ["", f"REGRESSION ({len(cmp.failures)}):"] + [f"  {f}" for f in cmp.failures]

@@ -1,5 +1,7 @@
 """The method x dataset table of a run, printed and written as Markdown and CSV, with the A/A
-control's verdict: a run whose control interval excludes 1.00 cannot time the methods."""
+control's verdict and resolution: a run whose control interval reaches further from 1.00 than
+the declared resolution (metrics.CONTROL_RESOLUTION) cannot time the methods, and speedups of one
+dataset closer together than its control's reach are not told apart (column `A/A ±`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.bench.runner import summary_of
+from harness.bench.metrics import CONTROL_RESOLUTION, NO_GROUP, control_holds, control_reach
 from harness.bench.validate import CONTROL
 
 
@@ -25,14 +28,24 @@ def _rates(rates) -> str:
     return "/".join(f"{r:.2f}" for r in rates[:4]) + ("/..." if len(rates) > 4 else "") if rates else "-"
 
 
+def resolutions(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> dict[tuple, float]:
+    """(dataset, *by) -> the reach of that group's A/A control interval from 1.00."""
+    if summary.empty:
+        return {}
+    rows = summary[summary["method"] == CONTROL]
+    return {tuple(r[k] for k in ("dataset", *by)): control_reach(r["speedup_ci_low"], r["speedup_ci_high"])
+            for r in rows.to_dict("records")}
+
+
 def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """Human-readable table from metrics.summarize() output."""
-    rows = []
+    rows, reach = [], resolutions(summary, by)
     for r in summary.to_dict("records"):
         quality = r["rouge2"] if not math.isnan(r["rouge2"]) else r["accuracy"]
         rows.append({
             "method": r["method"], "dataset": r["dataset"], **{k: r[k] for k in by}, "n": r["n"],
             "speedup [95% CI]": _interval(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+            "A/A ±": _fmt(reach.get(tuple(r[k] for k in ("dataset", *by))), ".2f"),
             **({"predicted": _fmt(r["predicted_speedup"], ".2f")} if "predicted_speedup" in r else {}),
             "median paired [95% CI]": _interval(r["speedup_median"], r["median_ci_low"], r["median_ci_high"]),
             "tau": _fmt(r["tau"], ".2f"), "accept_len": _fmt(r["accept_len"], ".2f"),
@@ -49,14 +62,25 @@ def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
 
 def control_verdicts(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> list[str]:
     """One line per dataset (and `by` group) with an A/A control: its speedup, interval, and
-    whether it holds 1.00."""
+    whether the interval lies within 1.00 +- the declared resolution."""
     lines = []
     for r in summary[summary["method"] == CONTROL].to_dict("records") if not summary.empty else []:
-        holds = r["speedup_ci_low"] <= 1.0 <= r["speedup_ci_high"]
-        verdict = "ok" if holds else "FLAGGED: the interval excludes 1.00, this run cannot time the methods"
+        holds = control_holds(r["speedup_ci_low"], r["speedup_ci_high"])
+        verdict = "ok" if holds else (f"FLAGGED: the interval reaches beyond 1.00 +- {CONTROL_RESOLUTION:g}, this run "
+                                      "cannot time the methods")
         where = " / ".join(str(r[k]) for k in ("dataset", *by))
         lines.append(f"A/A control {where}: {_interval(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])}"
                      f" ({verdict})")
+    return lines
+
+
+def ungrouped(summary: pd.DataFrame, by: tuple[str, ...]) -> list[str]:
+    """A notice per dataset none of whose records has a value of a `by` column."""
+    lines = []
+    for column in by if not summary.empty else ():
+        for dataset, g in summary.groupby("dataset", sort=False):
+            if (g[column] == NO_GROUP).all():
+                lines.append(f"--by {column}: {dataset} has no {column}; its records are shown as {NO_GROUP}")
     return lines
 
 
@@ -85,7 +109,7 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
         summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
                                                     for m, d in zip(summary["method"], summary["dataset"])])
     text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
-    notes = control_verdicts(summary, by)
+    notes = control_verdicts(summary, by) + ungrouped(summary, by)
     if skipped:
         notes.append(f"{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: "
                      f"{skipped[0]['skipped']}")

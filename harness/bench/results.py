@@ -31,57 +31,6 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every complete line of records.jsonl; a torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise ResultsError(f"{path}:{i + 1}: corrupt record") from None
-    return records
-
-
-def load_run(path: Path) -> tuple[dict, list[dict]]:
-    """(manifest, records) of a run directory; a missing or corrupt file is a ResultsError naming it."""
-    path = Path(path)
-    manifest = path / "manifest.json"
-    if not manifest.exists():
-        raise ResultsError(f"{path} is not a run directory (no manifest.json)")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{manifest} is corrupt ({err}); it is not a manifest this harness can read") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{manifest} is corrupt (not a JSON object)")
-    return data, read_records(path / "records.jsonl")
-
-
-class RecordWriter:
-    """Appends one JSON line per record and flushes it at once."""
-
-    def __init__(self, path: Path):
-        records = read_records(path)
-        if path.exists():  # rewrite without a torn tail line before appending
-            with path.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-        self.done = {(r["method"], r["dataset"], r["sample_id"], r["turn"]): r for r in records}
-        self._f = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.done[(record["method"], record["dataset"], record["sample_id"], record["turn"])] = record
-
-    def close(self) -> None:
-        self._f.close()
-
-
 def git_info() -> dict:
     """{commit, dirty} of the project's checkout (None where git cannot tell)."""
     root = Path(__file__).resolve().parents[2]

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from harness.bench.results import RESULTS_ROOT, ResultsError
+from harness.bench.runlock import LOCK_NAME, RunLock, holder, refusal
 
-RUN_FILES = {"manifest.json", "records.jsonl", "summary.md", "summary.csv", "figures", "manifest.tmp"}
+RUN_FILES = {"manifest.json", "records.jsonl", "summary.md", "summary.csv", "figures", "manifest.tmp", LOCK_NAME}
 BY_SUMMARY = re.compile(r"summary(-[A-Za-z0-9_]+)+\.(md|csv)")  # `report --by COLUMN [--by ...]`
 DEFAULT_ROOT = RESULTS_ROOT / "runs"
 
@@ -59,6 +60,9 @@ def check_out(out: Path | None, resume: bool, overwrite: bool) -> None:
         check_writable(DEFAULT_ROOT)
         return
     check_writable(out)
+    who = holder(out) if out.is_dir() else None
+    if who:
+        raise refusal(out, who)
     exists = holds_run(out)
     if exists and not (resume or overwrite):
         raise ResultsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -71,9 +75,10 @@ def check_out(out: Path | None, resume: bool, overwrite: bool) -> None:
                                "remove them or choose another --out")
 
 
-def create(out: Path | None, overwrite: bool) -> Path:
-    """The run directory, ready to write: the default one made unique (created atomically, so two
-    runs started in the same second get two directories), an overwritten one emptied completely."""
+def create(out: Path | None, overwrite: bool) -> tuple[Path, RunLock]:
+    """The run directory, ready to write, and its lock, held: the default one made unique (created
+    atomically, so two runs started in the same second get two directories); an overwritten one
+    emptied completely once the lock is held (never while another run writes it)."""
     if out is None:
         DEFAULT_ROOT.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -81,14 +86,16 @@ def create(out: Path | None, overwrite: bool) -> Path:
             path = DEFAULT_ROOT / (stamp if i == 0 else f"{stamp}-{i}")
             try:
                 path.mkdir()
-                return path
+                return path, RunLock(path).acquire()
             except FileExistsError:
                 continue
         raise ResultsError(f"no free run directory name under {DEFAULT_ROOT} for {stamp}")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    lock = RunLock(out).acquire()
+    if overwrite:
+        for entry in out.iterdir():
+            if entry.name != LOCK_NAME:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return out, lock
 
 
 def check_resume(out: Path, request: dict) -> dict:
@@ -107,6 +114,17 @@ def check_resume(out: Path, request: dict) -> dict:
         raise ResultsError(f"--resume: {out} was started with different {', '.join(diff)} ({detail}); "
                            "resume with the same options or use a new --out")
     return old
+
+
+def check_resumed_samples(old: dict, samples: dict[str, list[str]], num_samples: int | None) -> None:
+    """A resumed run measures at least the items it already holds (a larger --num-samples extends
+    it; a smaller one would leave records the manifest no longer lists): else an error."""
+    lost = {d: [i for i in ids if i not in samples.get(d, [])] for d, ids in (old.get("samples") or {}).items()}
+    lost = {d: ids for d, ids in lost.items() if ids}
+    if lost:
+        held = ", ".join(f"{d}: {len(old['samples'][d])} items" for d in lost)
+        raise ResultsError(f"--resume --num-samples {num_samples}: the run already holds more ({held}); resume "
+                           f"with --num-samples {old.get('num_samples') or 'unset'} or more, or use a new --out")
 
 
 def fsync_dir(path: Path) -> None:

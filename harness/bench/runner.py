@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -23,7 +24,8 @@ from harness.bench import metrics, rundir
 from harness.bench.data import Sample, chat_prompt
 from harness.bench.divergence import diagnose
 from harness.bench.records import make_record, skipped_record
-from harness.bench.results import RecordWriter, base_manifest, load_run, write_json
+from harness.bench.records_io import RecordWriter, load_run
+from harness.bench.results import base_manifest, write_json
 from harness.bench.telemetry import Telemetry, TelemetrySource, telemetry_info, telemetry_kind
 from harness.bench.validate import CACHE_SLACK, RunConfig, ValidRun, validate
 from harness.core.cache import KVCache
@@ -54,7 +56,8 @@ class Runner:
         self.names = self.valid.names
         self.methods: dict[str, Method] = {n: registry.get(n)(self.engine, self.lm.key, options=self.valid.options[n])
                                            for n in self.names}  # options as validated: resolved once
-        self.out: Path = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
+        self.out, self.lock = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
+        self.session = uuid.uuid4().hex[:12]  # this process's records: a pair is never split across sessions
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
         self.telemetry = TelemetrySource(self.kind, self.lm.device) if self.kind != "off" else None  # NVML once per run
@@ -84,7 +87,7 @@ class Runner:
         samples = {d: [s.sample_id for s in v] for d, v in self.valid.samples.items()}
         if self.valid.resumed is not None:
             old = dict(self.valid.resumed)
-            resume = {k: now[k] for k in ("created", "command", "hardware", "git", "libraries")}
+            resume = {k: now[k] for k in ("created", "command", "hardware", "git", "libraries")} | {"session": self.session}
             if old.get("num_samples") != self.cfg.num_samples:
                 resume["num_samples"] = [old.get("num_samples"), self.cfg.num_samples]
             old.update(resumes=old.get("resumes", []) + [resume], num_samples=self.cfg.num_samples, samples=samples)
@@ -101,7 +104,7 @@ class Runner:
                     "eos_ids": sorted(self.eos),
                     "baseline": registry.BASELINE, "control": self.cfg.control,
                     "order": "seeded permutation per sample (record field `order`)",
-                    "warmup": self.cfg.warmup})
+                    "warmup": self.cfg.warmup, "session": self.session})
         return now
 
     def _cache_for(self, length: int) -> KVCache:
@@ -166,8 +169,16 @@ class Runner:
                     break
 
     def run(self) -> Path:
+        """Decode everything still to decode, holding the run directory's lock throughout."""
+        try:
+            self._run()
+        finally:
+            self.lock.release()
+        return self.out
+
+    def _run(self) -> None:
         write_json(self.out / "manifest.json", self.manifest())
-        writer = RecordWriter(self.out / "records.jsonl")
+        writer = RecordWriter(self.out / "records.jsonl", self.names)
         try:
             total = sum(len(s.turns) for v in self.valid.samples.values() for s in v) * len(self.names)
             with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
@@ -178,7 +189,6 @@ class Runner:
                         self._run_sample(sample, writer, bar)
         finally:
             writer.close()
-        return self.out
 
     def _run_sample(self, sample: Sample, writer: RecordWriter, bar) -> None:
         order = permutation(self.names, self.cfg.seed, sample.dataset, sample.sample_id)
@@ -212,7 +222,7 @@ class Runner:
             bar.update(1)
         self._judge(done, fresh, prompt)
         for name in fresh:
-            writer.write(done[name])
+            writer.write({**done[name], "session": self.session})
         return done
 
     def _judge(self, done: dict[str, dict], fresh: list[str], prompt: list[int]) -> None:

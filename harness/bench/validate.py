@@ -11,8 +11,9 @@ from pathlib import Path
 
 import methods as registry
 from harness.bench import rundir
-from harness.bench.data import DataError, Sample, all_samples, select
-from harness.core.modelload import check_supported, load_config
+from harness.bench.data import DataError, Sample, all_samples, measured
+from harness.core.modelload import check_supported, load_config, model_key
+from harness.core.planning import costmodel
 from harness.core.options import MethodError, Options
 
 CACHE_SLACK = 256  # KV slots past prompt + budget for draft rows
@@ -80,7 +81,22 @@ def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, Options]:
     unknown = set(cfg.method_args) - set(names)
     if unknown:
         raise MethodError(f"--method-arg names method(s) not in --methods: {', '.join(sorted(unknown))}")
-    return {n: registry.get(n).resolve_options(dict(cfg.method_args.get(n, {}))) for n in names}
+    options = {n: registry.get(n).resolve_options(dict(cfg.method_args.get(n, {}))) for n in names}
+    check_costmodels(cfg.model, options)
+    return options
+
+
+def check_costmodels(model: str, options: dict[str, Options]) -> None:
+    """Every cost model a method is given (METHOD.costmodel, --costmodel) is read and checked now:
+    valid, and of this model (harness/core/planning/costmodel.py), before anything loads."""
+    key = model_key(model)
+    for name, values in options.items():
+        path = values.get("costmodel")
+        if path:
+            try:
+                costmodel.check_model(costmodel.read(Path(path)), path, key)
+            except costmodel.CostModelError as err:
+                raise MethodError(f"{name}.costmodel: {err}") from None
 
 
 def as_json(options: dict[str, Options]) -> dict[str, dict]:
@@ -89,11 +105,13 @@ def as_json(options: dict[str, Options]) -> dict[str, dict]:
 
 
 def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, Sample | None]]:
-    """The measured subset of every dataset and an unmeasured item for its warm-up."""
+    """The measured subset of every dataset (a notice on stderr where it has fewer items than
+    --num-samples: all are measured, and the manifest lists them) and an unmeasured item for its
+    warm-up."""
     samples, warmup = {}, {}
     for name in dict.fromkeys(cfg.datasets):
         items = all_samples(name, cfg.data_source)
-        samples[name] = select(items, cfg.num_samples)
+        samples[name] = measured(name, items, cfg.num_samples)
         chosen = {id(s) for s in samples[name]}
         warmup[name] = next((s for s in items if id(s) not in chosen), None)
     return samples, warmup
@@ -116,6 +134,13 @@ def model_context(model: str) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 1 << 30)
 
 
+def check_budget(context: int, max_new_tokens: int, option: str = "--max-new-tokens") -> None:
+    """A token budget, with room for draft rows, fits the model's context (DataError otherwise)."""
+    if max_new_tokens + CACHE_SLACK + 1 > context:
+        raise DataError(f"{option} {max_new_tokens}: with {CACHE_SLACK} slots for drafts it exceeds the model's "
+                        f"context of {context} tokens; use at most {context - CACHE_SLACK - 1}")
+
+
 def validate(cfg: RunConfig) -> ValidRun:
     """The run, validated, or the first problem as a user error (nothing loaded, nothing written)."""
     check_numbers(cfg)
@@ -125,8 +150,8 @@ def validate(cfg: RunConfig) -> ValidRun:
     rundir.check_out(cfg.out, cfg.resume, cfg.overwrite)
     request = make_request(cfg, names, as_json(options))
     resumed = rundir.check_resume(cfg.out, request) if cfg.resume else None
+    if resumed is not None:
+        rundir.check_resumed_samples(resumed, {d: [s.sample_id for s in v] for d, v in samples.items()}, cfg.num_samples)
     context = model_context(cfg.model)
-    if cfg.max_new_tokens + CACHE_SLACK + 1 > context:
-        raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: with {CACHE_SLACK} slots for drafts it exceeds "
-                        f"the model's context of {context} tokens; use at most {context - CACHE_SLACK - 1}")
+    check_budget(context, cfg.max_new_tokens)
     return ValidRun(names, options, samples, warmup, request, context, resumed)

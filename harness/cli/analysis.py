@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import USER_ERRORS, device_option, dtype_option, fail
-from harness.core.modelload import DEFAULT_MODEL
+from harness.cli.common import (
+    USER_ERRORS,
+    FiniteFloat,
+    InputError,
+    check_out_file,
+    device_option,
+    dtype_option,
+    fail,
+    ints,
+    model_config,
+)
+from harness.core.modelload import DEFAULT_MODEL, model_key, unwritable_dir
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -30,9 +40,15 @@ def _user_errors():
 def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analysis_json: Path | None) -> None:
     """Every figure (PNG + the CSV behind it) from a run directory and optional JSON inputs."""
     from harness.analysis.figures import make_all
+    from harness.core.planning.costmodel import read
 
+    out = out or run_dir / "figures"
     try:
-        written = make_all(run_dir, out or run_dir / "figures", costmodel_json, analysis_json)
+        if costmodel_json is not None:
+            read(costmodel_json)  # validated before any figure is drawn
+        if why := unwritable_dir(out):
+            raise InputError(f"--out {out}: {why}")
+        written = make_all(run_dir, out, costmodel_json, analysis_json)
     except _user_errors() as err:
         fail(err)
     for path in written:
@@ -43,8 +59,10 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
 @device_option
 @dtype_option
-@click.option("--prefix", type=int, default=256, show_default=True, help="Committed positions in the KV cache before the timed rows.")
-@click.option("--repeats", type=int, default=7, show_default=True, help="Timed forwards per n (median kept), after 2 warm-up rounds.")
+@click.option("--prefix", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Committed positions in the KV cache before the timed rows.")
+@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Timed forwards per n (median kept), after 2 warm-up rounds.")
 @click.option("--n", "ns", default=None, help="Comma-separated row counts (default 1-16, then every 4th up to 64).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output JSON (default: results/costmodel/<model>-<device>-<dtype>.json).")
@@ -58,13 +76,10 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update) ->
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
     from harness.analysis import costmodel as cm
     from harness.bench.results import write_json
-    from harness.core.planning.costmodel import read
 
     try:
-        if update and not drafts:
-            raise click.UsageError("--update re-measures the draft costs and overheads: give --drafts METHODS too")
-        n_values = tuple(int(x) for x in ns.split(",") if x.strip()) if ns else cm.DEFAULT_NS
-        result = read(update) if update else cm.run(model, device, dtype, prefix, repeats, n_values)
+        n_values, result = _costmodel_inputs(model, prefix, ns, out, drafts, update)
+        result = result or cm.run(model, device, dtype, prefix, repeats, n_values)
         path = out or update or cm.default_out(result)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result)
@@ -82,6 +97,33 @@ def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update) ->
     click.echo(f"wrote {path}")
 
 
+def _costmodel_inputs(model: str, prefix: int, ns: str | None, out: Path | None, drafts: str | None,
+                      update: Path | None) -> tuple[tuple[int, ...], dict | None]:
+    """Everything `costmodel` is given, checked before any model is loaded: the row counts (>= 1,
+    fitting the model's context after the prefix), the methods of --drafts, the file to --update
+    (a valid cost model of this model) and --out. Returns (n values, the --update cost model or None)."""
+    import methods as registry
+    from harness.analysis import costmodel as cm
+    from harness.core.planning.costmodel import check_model, read
+
+    if update and not drafts:
+        raise click.UsageError("--update re-measures the draft costs and overheads: give --drafts METHODS too")
+    n_values = ints(ns, "--n") if ns else cm.DEFAULT_NS
+    if not n_values or min(n_values) < 1:
+        raise InputError(f"--n {ns!r}: row counts must be at least 1")
+    context = int(getattr(model_config(model), "max_position_embeddings", None) or 1 << 30)
+    if not update and prefix + max(n_values) > context:
+        raise InputError(f"--prefix {prefix} + {max(n_values)} rows exceeds the model's context of {context}")
+    for name in [] if drafts in (None, "all") else drafts.split(","):
+        registry.get(name.strip())
+    result = read(update) if update else None
+    if result is not None:
+        check_model(result, update, model_key(model))
+    if out is not None:
+        check_out_file(out)
+    return n_values, result
+
+
 def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, path: Path, result: dict) -> None:
     """Adds the draft costs, then the step overheads at the shapes planned with them, to the cost
     model written at `path` (rewritten after each)."""
@@ -92,8 +134,6 @@ def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, pat
     from harness.core.modelload import load_model
 
     lm = load_model(model, device, dtype)
-    if result.get("model") not in (None, lm.key):
-        raise ValueError(f"{path} is a cost model of {result['model']}, not of {lm.key} (give --model)")
     names = planners(lm.key) if drafts == "all" else csv(drafts)
     result["drafts"] = draft_costs(Engine(lm.model), lm.key, names, {})
     write_json(path, result)
@@ -104,7 +144,7 @@ def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, pat
 @click.command()
 @click.argument("run_dir", type=_DIR)
 @click.option("--baseline", "ref_dir", type=_DIR, required=True, help="Reference run directory.")
-@click.option("--speedup-margin", type=float, default=None,
+@click.option("--speedup-margin", type=FiniteFloat(min=0), default=None,
               help="Allowed drop below the reference's 95% CI low of the median speedup (default 0.05).")
 def regress(run_dir: Path, ref_dir: Path, speedup_margin: float | None) -> None:
     """Compare RUN_DIR with a reference run: exit 1 on a changed tau or lossless rate, a

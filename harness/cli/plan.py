@@ -7,14 +7,22 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import USER_ERRORS, csv, fail, parse_method_args
-from harness.core.modelload import DEFAULT_MODEL
+from harness.cli.common import (
+    USER_ERRORS,
+    csv,
+    device_option,
+    dtype_option,
+    fail,
+    model_config,
+    parse_method_args,
+)
+from harness.core.modelload import DEFAULT_MODEL, model_key
 
 
 @click.command("plan")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None)
+@device_option
+@dtype_option
 @click.option("--costmodel", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Plan for this cost-model JSON (e.g. another machine's, results/costmodel/*.json); "
                    "default: this machine's, measured once and cached.")
@@ -23,20 +31,39 @@ from harness.core.modelload import DEFAULT_MODEL
 @click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE", help="Method option (repeatable).")
 def plan(model, device, dtype, costmodel, methods_, method_args) -> None:
     """Each method's planned draft shape and predicted speedup over autoregressive decoding."""
-    from harness.analysis.plans import plan_rows, planners, render
+    from harness.analysis.plans import plan_rows, render
     from harness.core.engine import Engine
     from harness.core.modelload import load_model
 
     try:
+        names, args = _plan_inputs(model, costmodel, methods_, method_args)
         lm = load_model(model, device, dtype)
-        names = csv(methods_) if methods_ else planners(lm.key)
-        args = parse_method_args(method_args)
-        if set(args) - set(names):
-            raise ValueError(f"--method-arg names method(s) not planned: {', '.join(sorted(set(args) - set(names)))}")
         rows = plan_rows(Engine(lm.model), lm.key, names, args, str(costmodel or ""))
     except (*USER_ERRORS, ValueError) as err:
         fail(err)
     click.echo(render(rows))
+
+
+def _plan_inputs(model: str, costmodel: Path | None, methods_: str | None,
+                 method_args: tuple[str, ...]) -> tuple[list[str], dict]:
+    """The methods to plan and their options, checked before the model loads: the cache directory
+    and the model's config, every method and option, and the cost model (valid, of this model)."""
+    import methods as registry
+    from harness.analysis.plans import planners, with_costmodel
+    from harness.core.planning.costmodel import check_model, read
+
+    model_config(model)
+    key = model_key(model)
+    names = csv(methods_) if methods_ else planners(key)
+    args = parse_method_args(method_args)
+    if set(args) - set(names):
+        raise ValueError(f"--method-arg names method(s) not planned: {', '.join(sorted(set(args) - set(names)))}")
+    if costmodel is not None:
+        check_model(read(costmodel), costmodel, key)
+    resolved = with_costmodel(names, {k: dict(v) for k, v in args.items()}, costmodel)
+    for name in names:
+        registry.get(name).resolve_options(dict(resolved.get(name, {})))
+    return names, args
 
 
 COMMANDS = (plan,)

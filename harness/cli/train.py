@@ -1,4 +1,8 @@
-"""`spec-harness train <method>`: build the trained artifacts a method needs."""
+"""`spec-harness train <method>`: build the trained artifacts a method needs.
+
+Every command checks all its inputs before any corpus or model work: the numbers by their click
+types, the rest (the cache directory, layer indices against the model's config, where the output
+goes) by `preflight` and the helpers of harness/cli/common.py."""
 
 from __future__ import annotations
 
@@ -9,15 +13,26 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import device_option, dtype_option
-from harness.core.modelload import DEFAULT_MODEL, load_model
+from harness.cli.common import (
+    FiniteFloat,
+    InputError,
+    check_context,
+    check_layers,
+    check_out_file,
+    device_option,
+    dtype_option,
+    ints,
+    model_config,
+    user_errors,
+)
+from harness.core.method import CHECKPOINT_ROOT
+from harness.core.modelload import DEFAULT_MODEL, load_model, model_key
 from harness.train.distill import CorpusConfig
 from harness.train.training import TrainConfig, train_and_save
 from methods.eagle import LOSS as EAGLE_LOSS
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+AT_LEAST_1 = click.IntRange(min=1)
+SEED = click.IntRange(min=0)
 
 
 def corpus_options(fn):
@@ -26,13 +41,14 @@ def corpus_options(fn):
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
         device_option,
         dtype_option,
-        click.option("--train-steps", type=int, default=TrainConfig.steps, show_default=True, help="Optimiser steps."),
-        click.option("--batch", type=int, default=TrainConfig.batch, show_default=True, help="Sequences per step."),
-        click.option("--positions", type=int, default=TrainConfig.positions, show_default=True, help="Drafted positions per sequence."),
-        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
-        click.option("--per-source", type=int, default=CorpusConfig.per_source, show_default=True,
+        click.option("--train-steps", type=AT_LEAST_1, default=TrainConfig.steps, show_default=True, help="Optimiser steps."),
+        click.option("--batch", type=AT_LEAST_1, default=TrainConfig.batch, show_default=True, help="Sequences per step."),
+        click.option("--positions", type=AT_LEAST_1, default=TrainConfig.positions, show_default=True,
+                     help="Drafted positions per sequence."),
+        click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=TrainConfig.lr, show_default=True),
+        click.option("--per-source", type=AT_LEAST_1, default=CorpusConfig.per_source, show_default=True,
                      help="Prompts per training split (GSM8K train, XSum validation)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--name", default=None, help="Checkpoint name (default: the method's name)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Output file: the weights for train (default methods/checkpoints/<model>/<name>.safetensors), the JSON for analyze."),
@@ -48,6 +64,20 @@ def configs(kw: dict) -> tuple[CorpusConfig, TrainConfig]:
     return corpus, cfg
 
 
+def preflight(model: str, out: Path):
+    """What a command checks before any corpus or model work besides its numbers (click types):
+    the cache directory and the model's config (read without weights), and that `out` can be
+    written. Returns the config, for the model-dependent checks."""
+    config = model_config(model)
+    check_out_file(out)
+    return config
+
+
+def weights_out(kw: dict, name: str) -> Path:
+    """Where a trained drafter goes: --out, or methods/checkpoints/<model>/<--name or name>.safetensors."""
+    return kw["out"] or CHECKPOINT_ROOT / model_key(kw["model"]) / f"{kw['name'] or name}.safetensors"
+
+
 @click.group()
 def train() -> None:
     """Train a drafter on the training splits (self-distillation from the target model)."""
@@ -55,7 +85,7 @@ def train() -> None:
 
 @train.command("firp")
 @click.option("--layers", default=None, help="Insertion layer of each step, e.g. 12,14,16 (default: the sweep's choice).")
-@click.option("--steps", "k", type=int, default=None, help="Draft steps K (repeats a single --layers value).")
+@click.option("--steps", "k", type=AT_LEAST_1, default=None, help="Draft steps K (repeats a single --layers value).")
 @click.option("--mask", type=click.Choice(["serial", "parallel"]), default="serial", show_default=True)
 @click.option("--source", type=click.Choice(["previous", "last-real"]), default="previous", show_default=True)
 @corpus_options
@@ -63,20 +93,33 @@ def train_firp_cmd(layers, k, mask, source, **kw) -> None:
     """FIRP: K linear maps at intermediate layers (weights + JSON sidecar)."""
     from methods.firp import DEFAULT_LAYERS, PseudoChains
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
-    chosen = _ints(layers) if layers else DEFAULT_LAYERS.get(lm.key, _fallback_layers(lm.model.config.num_hidden_layers))
+    with user_errors():
+        config = preflight(kw["model"], weights_out(kw, "firp"))
+        chosen = firp_layers(config, layers, k, DEFAULT_LAYERS.get(model_key(kw["model"])))
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
+    _train_drafter(lm, kw, "firp", lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source))
+
+
+def firp_layers(config, layers: str | None, k: int | None, default: tuple[int, ...] | None) -> tuple[int, ...]:
+    """FIRP's insertion layers: --layers (or the sweep's default, else about half depth), one per
+    step (--steps K repeats a single value), checked against the model: in range, not decreasing."""
+    chosen = ints(layers, "--layers") if layers else default or _fallback_layers(config.num_hidden_layers)
     if k is not None:
         chosen = chosen * k if len(chosen) == 1 else chosen
         if len(chosen) != k:
-            raise click.BadParameter(f"--steps {k} but {len(chosen)} layers given", param_hint="--steps")
-    _train_drafter(lm, kw, "firp", lambda e: PseudoChains(e.hidden_size, chosen, mask == "serial", source))
+            raise InputError(f"--steps {k} but {len(chosen)} layers given")
+    check_layers(config, "--layers", chosen)
+    if list(chosen) != sorted(chosen):
+        raise InputError(f"--layers {','.join(map(str, chosen))}: must not decrease (step i + 1 is inserted "
+                         "at or after step i's layer)")
+    return chosen
 
 
 def _train_drafter(lm, kw: dict, name: str, build) -> None:
     """Train `build(engine)` with the shared loop and corpus options; write weights + sidecar."""
     corpus, cfg = configs(kw)
     t0 = time.time()
-    path = train_and_save(lm, build, corpus, cfg, kw["name"] or name, path=kw["out"])
+    path = train_and_save(lm, build, corpus, cfg, kw["name"] or name, path=weights_out(kw, name))
     click.echo(f"wrote {path} (+ .json sidecar) in {time.time() - t0:.0f} s")
 
 
@@ -87,36 +130,42 @@ def _fallback_layers(num_layers: int) -> tuple[int, ...]:
 
 
 @train.command("medusa")
-@click.option("--heads", type=int, default=3, show_default=True, help="Draft heads K (tokens t+2 .. t+K+1).")
+@click.option("--heads", type=AT_LEAST_1, default=3, show_default=True, help="Draft heads K (tokens t+2 .. t+K+1).")
 @click.option("--separate-lm-head", is_flag=True, help="Train one LM head per head (Medusa-1) instead of sharing the frozen one.")
 @corpus_options
 def train_medusa_cmd(heads, separate_lm_head, **kw) -> None:
     """Medusa: residual heads on the last hidden state (weights + JSON sidecar)."""
     from methods.medusa import MedusaHeads
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
+    with user_errors():
+        preflight(kw["model"], weights_out(kw, "medusa"))
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
     _train_drafter(lm, kw, "medusa", lambda e: MedusaHeads(e.hidden_size, heads, e.lm_head, separate_lm_head))
 
 
 @train.command("eagle")
-@click.option("--feature-weight", type=float, default=EAGLE_LOSS["feature"], show_default=True,
+@click.option("--feature-weight", type=FiniteFloat(min=0), default=EAGLE_LOSS["feature"], show_default=True,
               help="Weight of the smooth-L1 regression to the target's next feature (EAGLE's v_w).")
-@click.option("--token-weight", type=float, default=EAGLE_LOSS["token"], show_default=True,
+@click.option("--token-weight", type=FiniteFloat(min=0), default=EAGLE_LOSS["token"], show_default=True,
               help="Weight of the KL to the target's next-token distribution (EAGLE's p_w).")
-@click.option("--noise", type=float, default=EAGLE_LOSS["noise"], show_default=True,
+@click.option("--noise", type=FiniteFloat(min=0), default=EAGLE_LOSS["noise"], show_default=True,
               help="Uniform noise on the input features, EAGLE's std (width std * 512 / d); 0: none.")
 @corpus_options
 def train_eagle_cmd(feature_weight, token_weight, noise, **kw) -> None:
     """EAGLE: a one-layer head over the target's features and next tokens (weights + JSON sidecar)."""
     from methods.eagle import EagleHead, target_shapes
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
+    with user_errors():
+        if feature_weight + token_weight <= 0:
+            raise InputError("--feature-weight and --token-weight are both 0: nothing would be trained")
+        preflight(kw["model"], weights_out(kw, "eagle"))
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
     loss = {"feature": feature_weight, "token": token_weight, "noise": noise}
     _train_drafter(lm, kw, "eagle", lambda e: EagleHead(e, target_shapes(e), loss))
 
 
 @train.command("sps-draft")
-@click.option("--layers", "n_layers", type=int, default=2, show_default=True,
+@click.option("--layers", "n_layers", type=AT_LEAST_1, default=2, show_default=True,
               help="Decoder layers N of the draft, taken from the target (which: --pick).")
 @click.option("--pick", type=click.Choice(["first", "spread"]), default="first", show_default=True,
               help="first: the target's first N layers; spread: N layers evenly over its depth, first and last included.")
@@ -127,37 +176,47 @@ def train_sps_draft_cmd(n_layers, pick, from_layers, **kw) -> None:
     distilled on the training-split corpus (weights of its own layers + JSON sidecar)."""
     from methods.sps_draft import ShallowDraft, pick_layers
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
-    try:
-        chosen = _ints(from_layers) if from_layers else pick_layers(lm.model.config.num_hidden_layers, n_layers, pick)
-        ShallowDraft(lm.model, chosen)  # fails here on layers the target lacks
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--layers/--from-layers") from None
+    with user_errors():
+        config = preflight(kw["model"], weights_out(kw, "sps-draft"))
+        if from_layers:
+            chosen = ints(from_layers, "--from-layers")
+            check_layers(config, "--from-layers", chosen)
+        else:
+            try:
+                chosen = pick_layers(config.num_hidden_layers, n_layers, pick)
+            except ValueError as err:
+                raise InputError(f"--layers {n_layers}: {err}") from None
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     t0 = time.time()
     path = train_and_save(lm, lambda e: ShallowDraft(e.model, chosen), corpus, cfg, kw["name"] or "sps-draft",
-                          path=kw["out"])
+                          path=weights_out(kw, "sps-draft"))
     click.echo(f"wrote {path} (+ .json sidecar; layers {list(chosen)}) in {time.time() - t0:.0f} s")
 
 
 @train.command("self-spec")
-@click.option("--trials", type=int, default=200, show_default=True, help="Bayesian-optimisation trials (TPE).")
-@click.option("--num-prompts", type=int, default=8, show_default=True,
+@click.option("--trials", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Bayesian-optimisation trials (TPE; the first is the empty reference set).")
+@click.option("--num-prompts", type=AT_LEAST_1, default=8, show_default=True,
               help="Training-split prompts decoded per trial (GSM8K train and XSum validation alternately).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens decoded per prompt.")
-@click.option("--confirm", type=int, default=3, show_default=True, help="Best skip sets measured again at the end.")
+@click.option("--max-new-tokens", type=AT_LEAST_1, default=64, show_default=True, help="Tokens decoded per prompt.")
+@click.option("--confirm", type=AT_LEAST_1, default=3, show_default=True, help="Best skip sets measured again at the end.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @device_option
 @dtype_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--name", default="self-spec", show_default=True, help="Artifact name under methods/checkpoints/<model>/.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output JSON (default methods/checkpoints/<model>/<name>.json).")
 def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, device, dtype, seed, name, out) -> None:
     """Self-speculative decoding: search the sublayers the draft skips (writes <name>.json)."""
-    from harness.train.skipsearch import SearchConfig, run_search
+    import methods as registry
+    from harness.train.skipsearch import NAME, SearchConfig, run_search
 
-    lm = load_model(model, device, dtype)
+    out = out or registry.get(NAME).artifact_path(model_key(model), name)
+    with user_errors():
+        check_context(preflight(model, out), max_new_tokens)
+        lm = load_model(model, device, dtype)
     cfg = SearchConfig(trials=trials, num_prompts=num_prompts, max_new_tokens=max_new_tokens, seed=seed,
                        confirm=confirm)
     path, record = run_search(lm, cfg, name, out)
@@ -166,13 +225,23 @@ def train_self_spec_cmd(trials, num_prompts, max_new_tokens, confirm, model, dev
                f"wrote {path} in {record['seconds']:.0f} s")
 
 
-def _layer_range(text: str) -> list[int]:
-    """'4..28' (every layer), '4..28:4' (every 4th) or '4,8,12'."""
+def layer_range(text: str, config) -> list[int]:
+    """'4..28' (every layer), '4..28:4' (every 4th) or '4,8,12' (--layers of the analyses),
+    checked against the model's layers."""
     if ".." in text:
         span, _, step = text.partition(":")
-        lo, hi = (int(x) for x in span.split(".."))
-        return list(range(lo, hi + 1, int(step) if step else 1))
-    return list(_ints(text))
+        try:
+            lo, hi = (int(x) for x in span.split(".."))
+            stride = int(step) if step else 1
+        except ValueError:
+            raise InputError(f"--layers {text!r}: expected 'lo..hi[:step]' or a list, e.g. 4..28:3") from None
+        if stride < 1:
+            raise InputError(f"--layers {text!r}: the step must be at least 1")
+        layers = list(range(lo, hi + 1, stride))
+    else:
+        layers = list(ints(text, "--layers"))
+    check_layers(config, "--layers", layers)
+    return layers
 
 
 @click.group()
@@ -188,7 +257,7 @@ def analyze() -> None:
               help="Reuse the step-1 accuracies of a layer sweep (`analyze layers` JSON) for Fig 5 instead of --layers.")
 @click.option("--also", "also", multiple=True,
               help="Another FIRP or Medusa checkpoint scored alongside (repeatable; default: firp-parallel if trained).")
-@click.option("--skip", type=int, default=None,
+@click.option("--skip", type=click.IntRange(min=0), default=None,
               help="Prompts skipped per training split (default: past every drafter's training prompts).")
 @corpus_options
 def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **kw) -> None:
@@ -199,19 +268,25 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
     from harness.bench.results import RESULTS_ROOT, write_json
     from harness.core.method import checkpoint_file
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
+    key = model_key(kw["model"])
+    out = out or RESULTS_ROOT / "analysis" / key / "analysis.json"
+    with user_errors():
+        config = preflight(kw["model"], out)
+        probed = None if sweep else layer_range(layers, config)
+        firp = checkpoint_file(key, firp_name)
+        if not firp.exists():
+            raise InputError(f"--firp {firp_name}: no checkpoint at {firp} (train one: `spec-harness train firp`)")
+        asked = {**({"medusa": medusa_name} if medusa_name else {}), **{Path(n).stem: n for n in also}}
+        others = _scored_alongside(key, asked, {"medusa": "medusa", **({} if also else {"firp-parallel": "firp-parallel"})})
+        reused = None if sweep is None else sweep_step1(sweep, key)
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
-    firp = checkpoint_file(lm.key, firp_name)
-    asked = {**({"medusa": medusa_name} if medusa_name else {}), **{Path(n).stem: n for n in also}}
-    others = _scored_alongside(lm.key, asked, {"medusa": "medusa", **({} if also else {"firp-parallel": "firp-parallel"})})
     corpus = replace(corpus, skip=_past_training([firp, *others.values()]) if skip is None else skip)
-    reused = None if sweep is None else sweep_step1(sweep, lm.key)
     try:
-        result = analyze_firp(lm, firp, others, corpus, cfg, layers=_layer_range(layers), sweep=reused)
+        result = analyze_firp(lm, firp, others, corpus, cfg, layers=probed, sweep=reused)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     result["layer_sweep_source"] = str(sweep) if sweep else f"probed here ({layers})"
-    out = out or RESULTS_ROOT / "analysis" / lm.key / "analysis.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"wrote {out}")
@@ -256,12 +331,14 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
     from harness.core.engine import Engine
     from harness.train.distill import corpus_summary, load_corpus
 
-    lm = load_model(kw["model"], kw["device"], kw["dtype"])
+    out = out or RESULTS_ROOT / "firp-layer-sweep" / f"{model_key(kw['model'])}.json"
+    with user_errors():
+        probed = layer_range(layers, preflight(kw["model"], out))
+        lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
     seqs = load_corpus(lm, corpus)
     t0 = time.time()
-    result = layer_probe(Engine(lm.model), seqs, _layer_range(layers), cfg)
-    out = out or RESULTS_ROOT / "firp-layer-sweep" / f"{lm.key}.json"
+    result = layer_probe(Engine(lm.model), seqs, probed, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     best = max(result, key=lambda k: result[k][0])
     write_json(out, {"model": lm.key, "topk_by_layer": result, "best_step1_layer": int(best),
@@ -273,9 +350,9 @@ def analyze_layers_cmd(layers, out, **kw) -> None:
 @analyze.command("sps-draft")
 @click.option("--drafts", required=True, help="Comma-separated drafts to compare (sps.draft values: checkpoint names "
                                               "under methods/checkpoints/<model>/, .safetensors paths, HF ids or dirs).")
-@click.option("--num-prompts", type=int, default=8, show_default=True, help="Prompts per tuning set (gsm8k-train, xsum-train).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--k", type=int, default=4, show_default=True, help="sps.k: draft tokens per step.")
+@click.option("--num-prompts", type=AT_LEAST_1, default=8, show_default=True, help="Prompts per tuning set (gsm8k-train, xsum-train).")
+@click.option("--max-new-tokens", type=AT_LEAST_1, default=64, show_default=True)
+@click.option("--k", type=AT_LEAST_1, default=4, show_default=True, help="sps.k: draft tokens per step.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @device_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -286,15 +363,16 @@ def analyze_sps_draft_cmd(drafts, num_prompts, max_new_tokens, k, model, device,
     tau and paired speedup of `sps` with it on the tuning sets (run it on an idle machine)."""
     from harness.analysis.draftsize import RESULTS_DIR, SizeConfig, measure_drafts
     from harness.bench.results import write_json
-    from harness.cli.common import USER_ERRORS, csv, fail
+    from harness.cli.common import csv
 
     labels = csv(drafts)
-    try:
-        result = measure_drafts(model, device, None, labels, SizeConfig(num_prompts, max_new_tokens, k),
-                                out.with_suffix("") if out else None)
-    except (*USER_ERRORS, ValueError) as err:
-        fail(err)
-    out = out or RESULTS_DIR / f"{result['model']}-{result['device'].split(':')[0]}.json"
+    run_dir = out.with_suffix("") if out else None  # default: the sweep's own (RESULTS_DIR/sweep)
+    out = out or RESULTS_DIR / f"{model_key(model)}-{device.split(':')[0]}.json"
+    with user_errors(ValueError):
+        if not labels:
+            raise InputError("--drafts is empty: name at least one draft")
+        check_context(preflight(model, out), max_new_tokens)
+        result = measure_drafts(model, device, None, labels, SizeConfig(num_prompts, max_new_tokens, k), run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     click.echo(f"target c(1) = {result['c_ms']:.2f} ms; baseline {result['ar']['tokens_per_s']:.1f} tok/s")

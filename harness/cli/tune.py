@@ -7,8 +7,20 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import USER_ERRORS, device_option, dtype_option, fail
+from harness.cli.common import (
+    USER_ERRORS,
+    check_context,
+    check_out_file,
+    device_option,
+    dtype_option,
+    fail,
+    ints,
+    model_config,
+    user_errors,
+)
 from harness.core.modelload import DEFAULT_MODEL
+
+AT_LEAST_1 = click.IntRange(min=1)
 
 
 @click.group()
@@ -19,13 +31,14 @@ def tune() -> None:
 def sweep_options(fn):
     """Options every sweep shares."""
     opts = [
-        click.option("--num-prompts", type=int, default=8, show_default=True,
+        click.option("--num-prompts", type=AT_LEAST_1, default=8, show_default=True,
                      help="Training-split prompts, half from GSM8K train and half from XSum validation."),
-        click.option("--max-new-tokens", type=int, default=64, show_default=True),
+        click.option("--max-new-tokens", type=AT_LEAST_1, default=64, show_default=True),
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
         device_option,
         dtype_option,
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the method order and the bootstrap."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the method order and the bootstrap."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output directory: <model>-<device>.csv and .json, and the run under run/."),
     ]
@@ -41,6 +54,7 @@ def run_sweep(method: str, grid: list[dict], kw: dict, default_out: str) -> dict
 
     out = kw["out"] or RESULTS_ROOT / default_out
     try:
+        model_config(kw["model"])  # the cache directory, before the run's own checks (bench/validate.py)
         cfg = SweepConfig(kw["num_prompts"], kw["max_new_tokens"], kw["seed"])
         result = sweep(method, grid, cfg, kw["model"], kw["device"], kw["dtype"], out)
     except (*USER_ERRORS, ValueError) as err:
@@ -77,10 +91,8 @@ def tune_lookahead_cmd(grid, **kw) -> None:
 @sweep_options
 def tune_pld_cmd(ks, **kw) -> None:
     """Prompt lookup decoding: ar and every draft length k (default out results/pld-sweep/)."""
-    try:
-        points = [{"k": int(k)} for k in ks.split(",") if k.strip()]
-    except ValueError:
-        fail(ValueError(f"--k {ks!r}: expected integers, e.g. 2,4,8"))
+    with user_errors():
+        points = [{"k": k} for k in ints(ks, "--k")]
     best = run_sweep("pld", points, kw, "pld-sweep")["best"]
     click.echo(f"best: k={best['k']}")
 
@@ -106,12 +118,12 @@ def tune_method_cmd(name, vary, **kw) -> None:
 
 @tune.command("profile")
 @click.argument("name")
-@click.option("--num-prompts", type=int, default=16, show_default=True,
+@click.option("--num-prompts", type=AT_LEAST_1, default=16, show_default=True,
               help="Training-split prompts, half from GSM8K train and half from XSum validation.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--max-new-tokens", type=AT_LEAST_1, default=128, show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None)
+@device_option
+@dtype_option
 @click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE",
               help="Options of the method besides its shape, e.g. firp.checkpoint=PATH (repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -124,19 +136,20 @@ def tune_profile_cmd(name, num_prompts, max_new_tokens, model, device, dtype, me
     from harness.bench.results import write_json
     from harness.cli.common import parse_method_args
     from harness.core.modelload import load_model
-    from harness.train.profile import ProfileConfig, measure_profile
+    from harness.train.profile import ProfileConfig, check_profiled, measure_profile
 
-    try:
+    with user_errors(ValueError):
         options = parse_method_args(method_args)
         unknown = set(options) - {name}
         if unknown:
             raise ValueError(f"--method-arg names {', '.join(sorted(unknown))}, not {name}")
-        if num_prompts < 1 or max_new_tokens < 1:
-            raise ValueError("--num-prompts and --max-new-tokens must be at least 1")
+        check_profiled(name, options.get(name))
+        check_context(model_config(model), max_new_tokens)
+        if out is not None:
+            check_out_file(out)
         lm = load_model(model, device, dtype)
+    with user_errors():
         profile, path = measure_profile(name, lm, ProfileConfig(num_prompts, max_new_tokens), options.get(name))
-    except (*USER_ERRORS, ValueError) as err:
-        fail(err)
     path = out or path
     write_json(path, profile)
     click.echo(profile_summary(profile))

@@ -11,7 +11,7 @@ import torch
 from harness.core.cache import KVCache
 from harness.core.checkpoint import CheckpointError, load_checkpoint, shown_path
 from harness.core.engine import Engine
-from harness.core.method import AUTO, Method, MethodError, Option
+from harness.core.method import AUTO, Method, MethodError, Option, Options
 from harness.core.planning.planner import Choice, tree_choices
 from harness.core.planning.planner import Path as TreePath
 from harness.core.planning.shapes import PLANNING_OPTIONS, Planned, plan_shape
@@ -56,11 +56,27 @@ def frozen_module(engine: Engine, build, state: dict, sidecar: dict, refusal: st
     return module.to(engine.device, engine.dtype).eval().requires_grad_(False)
 
 
+def checked_tree(method: str, spec: str, steps: int) -> list[TreePath]:
+    """The paths of tree spec `spec` (resolve_tree); a malformed one is a MethodError naming
+    `method`.tree."""
+    try:
+        return resolve_tree(spec, steps)
+    except ValueError as err:
+        raise MethodError(f"{method}.tree: {err}") from None
+
+
 class TreeDrafter(Method):
     """Subclasses define `build_module(engine, config) -> nn.Module` (with `.steps`, `.config()`)
     and call `self.set_candidates(draft_logits)` from observe()."""
 
     profile_family = "tree"
+
+    @classmethod
+    def validate(cls, config: Options) -> None:
+        """A tree spec other than auto is parsed here, before any model loads (its depth and
+        ranks are checked against the checkpoint and vocabulary once they are loaded)."""
+        if config["tree"] != AUTO:
+            checked_tree(cls.name, config["tree"], 1)  # any depth: 'chain' takes the checkpoint's
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
@@ -73,6 +89,9 @@ class TreeDrafter(Method):
         if self.shape.depth > self.module.steps:
             raise MethodError(f"{self.name}.tree is {self.shape.depth} deep but the checkpoint drafts "
                               f"{self.module.steps} steps")
+        if self.shape.topk > engine.config.vocab_size:
+            raise MethodError(f"{self.name}.tree uses candidate rank {self.shape.topk - 1} but the vocabulary "
+                              f"has {engine.config.vocab_size} tokens")
         self._candidates: torch.Tensor | None = None
         self.recorded: list[torch.Tensor] | None = None  # set to [] to keep each step's top candidates
 
@@ -80,7 +99,7 @@ class TreeDrafter(Method):
         """The tree option's paths; `auto` plans them (or falls back to DEFAULT_TREE, cut to the
         checkpoint's depth)."""
         if self.config["tree"] != AUTO:
-            return resolve_tree(self.config["tree"], self.module.steps)
+            return resolve_tree(self.config["tree"], self.module.steps)  # a ValueError: refused by __init__
         steps = self.module.steps
         fallback = [p for p in resolve_tree(DEFAULT_TREE, steps) if len(p) <= steps]  # as deep as it drafts
         self.planned: Planned = plan_shape(self, "tree", (fallback, DEFAULT_TREE), self.tree_choices)

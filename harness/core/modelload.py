@@ -34,9 +34,34 @@ class LoadedModel:
     dtype: str
 
 
+CACHE_VARIABLE = "SPEC_HARNESS_CACHE"
+
+
 def cache_root() -> Path:
-    """Where converted models live: $SPEC_HARNESS_CACHE or ~/.cache/spec-harness."""
-    return Path(os.environ.get("SPEC_HARNESS_CACHE", Path.home() / ".cache" / "spec-harness"))
+    """Where converted models, cached cost models and training corpora live: $SPEC_HARNESS_CACHE
+    or ~/.cache/spec-harness. Checked on every use, so that a file or a read-only directory there
+    is refused at once (ModelLoadError naming the variable and the path), not after the work whose
+    result it was to hold."""
+    given = os.environ.get(CACHE_VARIABLE)
+    path = Path(given) if given else Path.home() / ".cache" / "spec-harness"
+    why = unwritable_dir(path)
+    if why:
+        where = f"{CACHE_VARIABLE}={path}" if given else f"the cache directory {path} (set {CACHE_VARIABLE} to move it)"
+        raise ModelLoadError(f"{where}: {why}; it must be a writable directory")
+    return path
+
+
+def unwritable_dir(path: Path) -> str | None:
+    """Why `path` cannot be (made) a directory that accepts new files, or None when it can: a
+    file in the way, or no write access to it or to its nearest existing parent."""
+    base = path
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        return f"{base} is a file, not a directory" if base == path else f"{base} is a file, so no directory can be made"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{base} is not writable"
+    return None
 
 
 def is_embedded(name: str) -> bool:

@@ -193,16 +193,39 @@ NAMED_TREES: dict[str, list[Path]] = {
 
 
 def resolve_tree(spec: str, steps: int) -> list[Path]:
-    """A tree from a name ('chain', 'chain-N', a NAMED_TREES key) or explicit paths written as
-    '0;1;0.0;0.0.0' (steps separated by '.', paths by ';')."""
+    """A tree from a name ('chain': `steps` deep, 'chain-N' with N >= 1, a NAMED_TREES key) or
+    explicit paths written as '0;1;0.0;0.0.0' (steps separated by '.', paths by ';'). Strict, so a
+    typo is never read as another tree: a malformed spec is a ValueError saying what is wrong."""
     if spec == "chain":
         return chain_paths(steps)
-    if spec.startswith("chain-"):
-        return chain_paths(int(spec[6:]))
     if spec in NAMED_TREES:
         return NAMED_TREES[spec]
-    try:
-        return [tuple(int(x) for x in p.split(".")) for p in spec.split(";") if p]
-    except ValueError:
-        names = ", ".join(["chain", "chain-N", *NAMED_TREES])
-        raise ValueError(f"unknown tree {spec!r}: use one of {names} or paths like '0;1;0.0'") from None
+    if spec.startswith("chain-"):
+        depth = spec[6:]
+        if not depth.isascii() or not depth.isdigit() or int(depth) < 1:
+            raise ValueError(f"{spec!r}: chain-N needs a whole number N >= 1 (the chain's depth)")
+        return chain_paths(int(depth))
+    return explicit_paths(spec)
+
+
+def explicit_paths(spec: str) -> list[Path]:
+    """Paths '0;1;0.0': each a non-empty '.'-list of ranks >= 0, unique, its parent path listed
+    too (the root's children need none); else a ValueError naming the first bad path."""
+    hint = f"use one of {', '.join(['chain', 'chain-N', *NAMED_TREES])} or paths like '0;1;0.0'"
+    paths: dict[Path, str] = {}  # path -> as written, in the given order
+    for i, text in enumerate(spec.split(";"), 1):
+        text = text.strip()
+        ranks = text.split(".")
+        if not all(r.isascii() and r.isdigit() for r in ranks):
+            if ";" not in spec and "." not in spec and text:
+                raise ValueError(f"unknown tree {spec!r}: {hint}")
+            what = "is empty" if not text else "is not '.'-separated ranks >= 0"
+            raise ValueError(f"{spec!r}: path {i} ({text!r}) {what}; {hint}")
+        path = tuple(int(r) for r in ranks)
+        if path in paths:
+            raise ValueError(f"{spec!r}: path {text!r} is given twice")
+        paths[path] = text
+    for path, text in paths.items():
+        if len(path) > 1 and path[:-1] not in paths:
+            raise ValueError(f"{spec!r}: path {text!r} lacks its parent path {text.rsplit('.', 1)[0]!r}")
+    return list(paths)

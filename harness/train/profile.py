@@ -185,14 +185,22 @@ def grid_profile(dec: Decoder, name: str, options: dict) -> dict:
 FAMILIES = {"tree": tree_profile, "chain": chain_profile, "grid": grid_profile}
 
 
-def measure_profile(name: str, lm, cfg: ProfileConfig, options: dict | None = None,
-                    progress: bool = True) -> tuple[dict, Path]:
-    """The acceptance profile of method `name` (with these options besides the shape) on the
-    tuning sets, JSON-ready, with what it was measured on; and where the method looks for it."""
+def check_profiled(name: str, options: dict | None = None):
+    """The class of method `name`, checked before any model is loaded: it plans a draft shape
+    (ValueError naming those that do otherwise) and `options` are valid for it (MethodError)."""
     cls = registry.get(name)
     if cls.profile_family not in FAMILIES:
         planners = ", ".join(n for n in registry.names() if registry.get(n).profile_family)
         raise ValueError(f"{name} has no draft shape to plan; methods with profiles: {planners}")
+    cls.resolve_options(dict(options or {}))
+    return cls
+
+
+def measure_profile(name: str, lm, cfg: ProfileConfig, options: dict | None = None,
+                    progress: bool = True) -> tuple[dict, Path]:
+    """The acceptance profile of method `name` (with these options besides the shape) on the
+    tuning sets, JSON-ready, with what it was measured on; and where the method looks for it."""
+    cls = check_profiled(name, options)
     dec, t0 = Decoder(lm, cfg, progress), time.time()
     data = FAMILIES[cls.profile_family](dec, name, dict(options or {}))
     profile = {"method": name, "family": cls.profile_family, "model": lm.key, **data,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import methods as registry
-from harness.bench import metrics, results
+from harness.bench import metrics, records_io, results
 from harness.bench.data import TUNING_SETS
 from harness.bench.runner import RunConfig, Runner
 
@@ -92,7 +92,7 @@ def sweep(method: str, grid: list[Point], cfg: SweepConfig, model: str, device: 
 
 def pooled_summary(run_dir: Path, seed: int):
     """metrics.summarize over both tuning sets together (samples kept apart by dataset)."""
-    _, records = results.load_run(run_dir)
+    _, records = records_io.load_run(run_dir)
     pooled = [{**r, "sample_id": f"{r['dataset']}/{r['sample_id']}", "dataset": "tuning-sets"} for r in records]
     return metrics.summarize(pooled, baseline=registry.BASELINE, seed=seed)
 

@@ -10,11 +10,19 @@ device-synchronised, and the median of the repeats is kept.
 
 Draft costs (a head's or a draft model's forward, which c(n) does not cover) are stored beside
 c(n) under "drafts", in units of c(1): each is timed round-robin with a one-row target forward.
+
+Every cost model in use passes one validator (`validate`: n rising from 1, every ratio finite and
+positive, c(1)/c(1) = 1, drafts and overheads finite), whether read from a file, from the cache or
+just measured; planning refuses one of another model, warns of one of another device or dtype (a
+feature: planning for another machine), and charges nothing it did not measure: c(n) beyond the
+largest measured n is unknown (CostModel.ratio), so no shape needing more rows is planned.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -117,7 +125,8 @@ def draft_ratio(engine: Engine, op: Callable[[], object], prefix: int = DEFAULT_
 
 def ratio_at(cost: dict, n: float) -> float:
     """c(n)/c(1) at any n >= 1: linear between measured points, linear extrapolation from the
-    last two beyond the largest measured n."""
+    last two beyond the largest measured n (for figures, which say so; planning never goes past
+    the measured range: CostModel.ratio)."""
     xs, ys = cost["n"], cost["ratio"]
     if n <= xs[-1] or len(xs) < 2:
         return float(np.interp(n, xs, ys))
@@ -141,31 +150,111 @@ def cache_file(model_key: str, engine: Engine) -> Path:
 
 
 def read(path: Path) -> dict:
-    """A cost-model JSON, checked: increasing n from 1, one ratio per n."""
+    """A cost-model JSON, validated (CostModelError naming the file and the field otherwise)."""
     try:
         data = json.loads(Path(path).read_text())
-        ns, ratios = data["n"], data["ratio"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise CostModelError(f"{path} is not a cost-model JSON (`spec-harness costmodel` writes one): {err}") from None
-    if not ns or ns[0] != 1 or len(ns) != len(ratios) or list(ns) != sorted(set(ns)):
-        raise CostModelError(f"{path}: n must rise from 1, with one ratio per n")
+    if not isinstance(data, dict):
+        raise CostModelError(f"{path} is not a cost-model JSON (`spec-harness costmodel` writes one): not an object")
+    return validate(data, path)
+
+
+def _number(value, low: float, strict: bool) -> bool:
+    """A finite int or float (not a bool) above `low` (or at least `low` when not strict)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (value > low if strict else value >= low)
+
+
+def validate(data: dict, path: Path | str) -> dict:
+    """The one check of a cost model: n strictly rising from 1 (integers), one finite positive
+    ratio per n with c(1)/c(1) = 1, seconds (when present) finite and positive, draft costs finite
+    and >= 0, overheads finite, model/device/dtype strings. Returns `data`; CostModelError
+    naming `path` and the field otherwise."""
+    def bad(field: str, why: str) -> CostModelError:
+        return CostModelError(f"{path}: {field} {why} (`spec-harness costmodel` writes a valid one)")
+
+    ns = data.get("n")
+    if not isinstance(ns, list) or not ns or not all(isinstance(n, int) and not isinstance(n, bool) for n in ns):
+        raise bad("n", f"= {ns!r}: must be a non-empty list of row counts")
+    if ns[0] != 1 or any(b <= a for a, b in itertools.pairwise(ns)):
+        raise bad("n", f"= {ns[:8]!r}{'...' if len(ns) > 8 else ''}: n must rise from 1, strictly")
+    for field in ("ratio", "seconds") if "seconds" in data else ("ratio",):
+        values = data.get(field)
+        if not isinstance(values, list) or len(values) != len(ns):
+            raise bad(field, f"must hold one value per n ({len(ns)} of them)")
+        for n, value in zip(ns, values):
+            if not _number(value, 0.0, strict=True):
+                raise bad(f"{field} at n={n}", f"= {value!r}: must be a finite number > 0")
+    if abs(data["ratio"][0] - 1.0) > 1e-6:
+        raise bad("ratio at n=1", f"= {data['ratio'][0]!r}: must be 1 (ratios are c(n)/c(1))")
+    _validate_extras(data, bad)
     return data
+
+
+def _validate_extras(data: dict, bad: Callable[[str, str], CostModelError]) -> None:
+    """What a cost model holds besides c(n): draft costs, overheads, and what it was measured on."""
+    for field, low in (("drafts", 0.0), ("overheads", -math.inf)):
+        table = data.get(field, {})
+        if not isinstance(table, dict):
+            raise bad(field, "must be an object of numbers")
+        for key, value in table.items():
+            if not _number(value, low, strict=False):
+                raise bad(f"{field}[{key!r}]", f"= {value!r}: must be a finite number" + (" >= 0" if low == 0.0 else ""))
+    for field in ("model", "device", "dtype"):
+        if field in data and not isinstance(data[field], str):
+            raise bad(field, f"= {data[field]!r}: must be a string")
+
+
+def check_model(data: dict, path: Path | str, model_key: str) -> None:
+    """Refuse (CostModelError) a cost model of another model than `model_key`; one that names no
+    model (a hand-made curve) is taken as it is."""
+    model = data.get("model")
+    if model is not None and model != model_key:
+        raise CostModelError(f"{path} is a cost model of {model}, not of {model_key}: use one measured on "
+                             f"{model_key} (`spec-harness costmodel --model ...`)")
 
 
 @dataclass
 class CostModel:
-    """A cost model in use: its data, where it came from, and whether it is this machine's cache
-    (then missing draft costs are measured into it) or a given file (never written). Planning
-    reads c(n)/c(1) as measured: where more rows cost less (a faster kernel for that row count),
-    a plan may use it."""
+    """A cost model in use: its data (validated when built), where it came from, and whether it
+    is this machine's cache (then missing draft costs are measured into it) or a given file (never
+    written). Planning reads c(n)/c(1) as measured: where more rows cost less (a faster kernel for
+    that row count), a plan may use it; beyond the largest measured n the cost is not known, and
+    `ratio` is infinite there, so no shape needing more rows is ever chosen (shapes.plan_shape
+    drops such shapes and says so in the plan record). `machine_note`: set when it was measured
+    on another device or dtype than the engine's."""
 
     data: dict
     path: Path
     given: bool
     engine: Engine | None = None
+    machine_note: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self.data, self.path)
+
+    @property
+    def max_n(self) -> int:
+        """The largest row count measured."""
+        return int(self.data["n"][-1])
 
     def ratio(self, n: float) -> float:
-        return ratio_at(self.data, n)
+        """c(n)/c(1), interpolated between measured n; math.inf past the largest one (unknown)."""
+        return math.inf if n > self.max_n else ratio_at(self.data, n)
+
+    def check_fits(self, engine: Engine, model_key: str, purpose: str = "") -> None:
+        """Refuse a cost model of another model (CostModelError); warn of (once per `purpose`: a
+        method's plan), and note, one measured on another device kind or dtype: planning for
+        another machine is allowed."""
+        check_model(self.data, self.path, model_key)
+        here = machine(engine)
+        there = {k: str(self.data[k]).split(":")[0] for k in ("device", "dtype") if k in self.data}
+        differs = [f"{k} {v} (here {here[k]})" for k, v in there.items() if v != here[k]]
+        if differs:
+            self.machine_note = "measured on another machine: " + ", ".join(differs)
+            tqdm.write(f"spec-harness: warning: {purpose or 'planning'}: the cost model {shown_path(self.path)} was "
+                       f"{self.machine_note}; planned for that machine", file=sys.stderr)
 
     def draft(self, key: str, probe: Callable[[], Callable[[], object]]) -> float | None:
         """The cost of the draft operation `key` in units of c(1); measured with `probe()` (which
@@ -189,8 +278,9 @@ class CostModel:
 
     def describe(self) -> dict:
         keep = ("model", "device", "dtype", "hardware", "created")
+        note = {"machine_note": self.machine_note} if self.machine_note else {}
         return {"path": shown_path(self.path), "source": "given" if self.given else "cache",
-                **{k: self.data[k] for k in keep if k in self.data}}
+                **{k: self.data[k] for k in keep if k in self.data}, "max_n": self.max_n, **note}
 
 
 def write(path: Path, data: dict) -> None:
@@ -202,18 +292,26 @@ def write(path: Path, data: dict) -> None:
 
 def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: str = "") -> CostModel:
     """The cost model a method plans with: the JSON at `given`, else this machine's cached one,
-    measured (with a progress bar) and cached on first use."""
+    measured (with a progress bar) and cached on first use; refused when of another model."""
+    cost = _given_or_cached(engine, model_key, given)
+    if cost is None:
+        path = cache_file(model_key, engine)
+        m = machine(engine)
+        tqdm.write(f"spec-harness: no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}; "
+                   f"measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards per row count; delete "
+                   "the file to measure again, on an idle machine)",
+                   file=sys.stderr)
+        data = {"model": model_key, **m, "hardware": m["where"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **measure(engine, progress=True)}
+        cost = CostModel(data, path, False, engine)
+        write(path, data)
+    cost.check_fits(engine, model_key, purpose)
+    return cost
+
+
+def _given_or_cached(engine: Engine, model_key: str, given: str | Path) -> CostModel | None:
+    """The given file's cost model, else the cached one of this machine, else None."""
     if given:
         return CostModel(read(Path(given)), Path(given), True)
     path = cache_file(model_key, engine)
-    if path.exists():
-        return CostModel(read(path), path, False, engine)
-    m = machine(engine)
-    tqdm.write(f"spec-harness: no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}; "
-               f"measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards per row count; delete "
-               "the file to measure again, on an idle machine)",
-               file=sys.stderr)
-    data = {"model": model_key, **m, "hardware": m["where"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **measure(engine, progress=True)}
-    write(path, data)
-    return CostModel(data, path, False, engine)
+    return CostModel(read(path), path, False, engine) if path.exists() else None

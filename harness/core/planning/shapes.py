@@ -3,12 +3,16 @@ acceptance profile (measured on the tuning sets by `spec-harness tune profile ME
 model of the hardware (harness/core/planning/costmodel.py), and the planner (harness/core/planning/planner.py).
 
 No profile, or a given cost model without a draft cost the method needs: the method's static
-default is used and the reason recorded; a run never fails for it.
+default is used and the reason recorded; a run never fails for it. A cost model of another model
+is refused (MethodError). Shapes needing more rows than the cost model measured (c(n) beyond its
+largest n is not known) are never chosen: they are left out and the plan record says how many
+(`beyond_costmodel`); when no shape is left, the static default is used with that reason.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -79,17 +83,19 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
     except costmodel.CostModelError as err:
         raise MethodError(f"{method.name}.costmodel: {err}") from None
     try:
-        options = choices(profile, cost)
+        offered = choices(profile, cost)
     except NoDraftCost as err:
         return static(*fallback, f"{err}: static default")
+    options, beyond = within_range(offered, cost)
     if not options:
-        return static(*fallback, f"the profile at {shown_path(path)} offers no shape for these options: static default")
+        what = "for these options" if not offered else f"within the {cost.max_n} rows the cost model measured"
+        return static(*fallback, f"the profile at {shown_path(path)} offers no shape {what}: static default")
     adjusted, overheads = with_overheads(options, cost, method.name)
     chosen = best(adjusted)
     charged = options[adjusted.index(chosen)].cost  # forward + drafting of the chosen shape, in c(1)
     record = {"auto": True, "chosen": chosen.label, "predicted_speedup": round(chosen.speedup, 4),
               "tokens_per_step": round(chosen.expected, 4), "cost_per_step": round(chosen.cost, 4),
-              "forward_and_draft_cost": round(charged, 4), **overheads,
+              "forward_and_draft_cost": round(charged, 4), **overheads, **beyond,
               "profile": shown_path(path), "costmodel": cost.describe()}
     sources = by_source(profile, family, choices, cost, method.name, chosen, charged)
     if sources:
@@ -97,6 +103,16 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
     if chosen.speedup < 1.0:
         record["note"] = "no draft shape is predicted faster than autoregressive decoding on this cost model"
     return Planned(chosen.shape, record)
+
+
+def within_range(options: list[Choice], cost: costmodel.CostModel) -> tuple[list[Choice], dict]:
+    """The choices whose rows the cost model measured (CostModel.ratio is infinite past its
+    largest n), and the record's note on those left out (none: {})."""
+    kept = [c for c in options if math.isfinite(c.cost)]
+    if len(kept) == len(options):
+        return kept, {}
+    return kept, {"beyond_costmodel": f"{len(options) - len(kept)} shape(s) needing more than the {cost.max_n} rows "
+                                      "the cost model measured left out (`spec-harness costmodel --n` measures more)"}
 
 
 def by_source(profile: dict, family: str, choices: Callable[[dict, costmodel.CostModel], list[Choice]],
@@ -112,7 +128,7 @@ def by_source(profile: dict, family: str, choices: Callable[[dict, costmodel.Cos
             same = [Choice(chosen.shape, chosen.label, 1.0 + sum(prob(p) for p in chosen.shape), charged)]
         else:
             same = [c for c in choices(part, cost) if c.shape == chosen.shape]
-        if same:
+        if same and math.isfinite(same[0].cost):
             out[source] = round(with_overheads(same, cost, name)[0][0].speedup, 4)
     return out
 
