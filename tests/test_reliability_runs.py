@@ -9,11 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-
-from click.testing import CliRunner
 
 import torch
+from click.testing import CliRunner
 
 from harness.bench.records_io import read_records
 from harness.cli import main
@@ -130,7 +128,7 @@ def test_a_wrong_typed_field_is_named_with_its_file_and_line(tiny_model_dir, tmp
     (out / "records.jsonl").write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
     for command in (["report", str(out)], ["regress", str(out), "--baseline", str(out)]):
         res = CliRunner().invoke(main, command)
-        assert res.exit_code == 2 and f"records.jsonl:2: field 'wall_time' is 'fast' (str), expected number" \
+        assert res.exit_code == 2 and "records.jsonl:2: field 'wall_time' is 'fast' (str), expected number" \
             in res.output, res.output
 
 

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.bench.metrics import (
+    CONTROL_RESOLUTION,
+    NO_GROUP,
+    control_holds,
+    control_reach,
+)
 from harness.bench.runner import summary_of
-from harness.bench.metrics import CONTROL_RESOLUTION, NO_GROUP, control_holds, control_reach
 from harness.bench.validate import CONTROL
 
 

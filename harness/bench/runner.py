@@ -26,7 +26,12 @@ from harness.bench.divergence import diagnose
 from harness.bench.records import make_record, skipped_record
 from harness.bench.records_io import RecordWriter, load_run
 from harness.bench.results import base_manifest, write_json
-from harness.bench.telemetry import Telemetry, TelemetrySource, telemetry_info, telemetry_kind
+from harness.bench.telemetry import (
+    Telemetry,
+    TelemetrySource,
+    telemetry_info,
+    telemetry_kind,
+)
 from harness.bench.validate import CACHE_SLACK, RunConfig, ValidRun, validate
 from harness.core.cache import KVCache
 from harness.core.decoding import Decoded, decode, synchronize

@@ -13,8 +13,8 @@ import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, measured
 from harness.core.modelload import check_supported, load_config, model_key
-from harness.core.planning import costmodel
 from harness.core.options import MethodError, Options
+from harness.core.planning import costmodel
 
 CACHE_SLACK = 256  # KV slots past prompt + budget for draft rows
 CONTROL = f"{registry.BASELINE}:control"  # the A/A control: the baseline decoded a second time
