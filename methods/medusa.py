@@ -26,11 +26,17 @@ from torch import nn
 from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.drafter import TreeDrafter, frozen_module, tree_options
 from harness.core.engine import Engine
-from harness.core.method import MethodError, Step
+from harness.core.method import MethodError, Option, Step
 from harness.core.planning.planner import Path as TreePath
 from harness.core.planning.shapes import draft_cost
 from harness.core.tree import Tree
-from harness.train.training import Batch, gather_rows, step_losses, teacher_final, teacher_pass
+from harness.train.training import (
+    Batch,
+    gather_rows,
+    step_losses,
+    teacher_final,
+    teacher_pass,
+)
 
 
 class MedusaHeads(nn.Module):
@@ -105,7 +111,10 @@ class Medusa(TreeDrafter):
     name = "medusa"
     summary = "Medusa: residual heads on the last hidden state, tree-verified"
     weights_file = "medusa.safetensors"
-    options = tree_options("medusa", "chain, chain-N, tiny, small, medusa63")
+    options = tree_options("medusa", "chain, chain-N, tiny, small, medusa63") + (
+        Option("acceptance", "str", "exact", "under sampling (T > 0): exact (the run's rule: lossless) or typical "
+               "(Medusa-2's typical acceptance: lossy by design, its records not compared with the baseline)",
+               choices=("exact", "typical")),)
 
     @staticmethod
     def build_module(engine: Engine, config: dict) -> MedusaHeads:

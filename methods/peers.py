@@ -44,6 +44,16 @@ class HFGenerate(Method):
     def generate_kwargs(self) -> dict:
         return {}
 
+    @staticmethod
+    def sampling_kwargs(rule) -> dict:
+        """generate()'s sampling settings for a turn's rule (greedy without one, or at T = 0)."""
+        params = getattr(rule, "params", None)
+        if params is None:
+            return {"do_sample": False}
+        torch.manual_seed(rule.seed_key & 0x7FFF_FFFF_FFFF_FFFF)  # the turn's key: a reproducible turn
+        return {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k or None,
+                "top_p": params.top_p}
+
     def assisting(self):
         """A context giving generate() keyword arguments that are objects, not recorded options
         (an assistant model); none here."""
@@ -52,16 +62,20 @@ class HFGenerate(Method):
     def describe(self) -> dict:
         model_defaults = self.engine.model.generation_config.to_diff_dict()
         overridden = {k: v for k, v in model_defaults.items() if k not in PLAIN_KEYS}
-        return {**super().describe(), "generation": "greedy, no logits processors (do_sample=False, num_beams=1)",
+        return {**super().describe(), "generation": "greedy (do_sample=False, num_beams=1), or at T > 0 sampled with the run's "
+                                                    "temperature, top-k and top-p; no other logits processors",
                 "generate_kwargs": self.generate_kwargs(), "model_generation_config_overridden": overridden}
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> Decoded:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int], rule=None) -> Decoded:
+        """rule: the turn's acceptance rule; a sampling one (temperature > 0) makes generate()
+        sample with the same temperature, top-k and top-p, from torch's generator seeded with the
+        turn's key (its random numbers are not the harness's: compared on speed and quality only)."""
         model = self.engine.model
         ids = torch.tensor([prompt_ids], device=self.engine.device)
         eos = sorted(eos_ids)
-        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                                  eos_token_id=eos, pad_token_id=eos[0], **self.generate_kwargs())
+        config = GenerationConfig(num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
+                                  **self.sampling_kwargs(rule), **self.generate_kwargs())
         with plain_generation_config(model), self.assisting() as extra:
             seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, **extra)
         out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None)

@@ -133,7 +133,7 @@ class SelfSpeculative(Method):
         else:
             self.skip = self._load_artifact()
         self.skip.check(engine.num_layers)
-        self.rule = ThresholdRule(self.config["threshold"], self.config["adaptive"])
+        self.exit_rule = ThresholdRule(self.config["threshold"], self.config["adaptive"])
         self.drafted = self.accepted = 0  # draft tokens verified / accepted, over the method's life
         self._chains = ChainLayouts()
 
@@ -183,7 +183,7 @@ class SelfSpeculative(Method):
             probs = self.draft_logits(tokens[-1].view(1, 1), j, cache).float().softmax(-1)  # [V]
             p, tok = probs.max(-1)
             tokens.append(tok.view(1))
-            if self.engine.host(p) < self.rule.value:  # one host read per draft token: the exit rule
+            if self.engine.host(p) < self.exit_rule.value:  # one host read per draft token: the exit rule
                 break
         return Tree.chain(torch.cat(tokens)[None], self._chains)
 
@@ -193,4 +193,4 @@ class SelfSpeculative(Method):
         drafted, accepted = tree.draft_size, len(step.paths[0]) - 1
         self.drafted += drafted
         self.accepted += accepted
-        self.rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])
+        self.exit_rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])

@@ -19,16 +19,19 @@ profile and the cost model, a draft forward (c_d(1), timed on this machine) char
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from harness.core.accept import Greedy
 from harness.core.cache import KVCache
 from harness.core.checkpoint import shown_path
 from harness.core.engine import Engine
 from harness.core.method import AUTO, CHECKPOINT_ROOT, Method, MethodError, Option, Step
 from harness.core.planning.costmodel import DEFAULT_PREFIX
 from harness.core.planning.shapes import PLANNING_OPTIONS, chain_k, draft_cost
+from harness.core.sampling import Rejection, gumbel
 from harness.core.tree import ChainLayouts, Tree
 from methods.sps_draft import KIND, load_draft_checkpoint
 
@@ -111,6 +114,9 @@ class UsesDraft:
 
 
 STATIC_K = 4  # without a profile
+SAMPLE_DRAFTS = Option("sample_drafts", "bool", False, "under --acceptance rejection (T > 0): draw draft tokens from "
+                       "the draft's distribution and verify by speculative sampling's rule; false: the draft's own "
+                       "sample with the target's noise (coupled), verified as a deterministic draft")
 
 
 class SpS(UsesDraft, Method):
@@ -120,7 +126,7 @@ class SpS(UsesDraft, Method):
     summary = "speculative sampling (SpS), greedy: a small draft model with its own KV cache drafts a chain"
     options = tuple(Option("k", "int", AUTO, f"draft tokens per step: auto (planned from the draft's profile and "
                                              f"this hardware's cost model; {STATIC_K} without a profile)", low=1)
-                    if o.name == "k" else o for o in DRAFT_OPTIONS) + PLANNING_OPTIONS
+                    if o.name == "k" else o for o in DRAFT_OPTIONS) + PLANNING_OPTIONS + (SAMPLE_DRAFTS,)
     profile_family = "chain"
     profile_k_max = 8  # the k a profile is measured with (threshold 0): auto chooses among 1..8
 
@@ -186,17 +192,33 @@ class SpS(UsesDraft, Method):
         """root, d1 .. dk: d1 from feeding the unseen committed tokens and the root, d(j+1) from
         feeding dj; dk is not fed (it may be rejected). pending: [1]."""
         k = min(self.k, cache.max_len - cache.length - 1)  # verify needs 1 + k slots
-        tokens = [pending]  # each [1]
+        tokens, probs = [pending], []  # each [1]; the draws' distributions when drafts are sampled
         self._root_slot, feed = cache.length, torch.cat([self._unfed, pending])
-        for _ in range(max(0, k)):
+        for j in range(max(0, k)):
             logits = self._draft_forward(feed).float()  # [V]
-            feed = logits.argmax(-1, keepdim=True)  # [1] the next draft token, fed next
+            feed = self.draft_token(logits, cache.lengths + j, probs)  # [1] the next draft token, fed next
             tokens.append(feed)
             threshold = self.config["threshold"]
             if threshold and self.engine.host(logits.softmax(-1).max()) < threshold:  # a read per draft token
                 break
         self._fed = len(tokens) - 1
-        return Tree.chain(torch.cat(tokens)[None], self._chains)
+        tree = Tree.chain(torch.cat(tokens)[None], self._chains)
+        if probs:  # [1, n, V], row 0 (the root) unused
+            tree = replace(tree, probs=torch.stack([torch.zeros_like(probs[0])] + probs, dim=1))
+        return tree
+
+    def draft_token(self, logits: torch.Tensor, row: torch.Tensor, probs: list) -> torch.Tensor:
+        """The draft's token after a row standing at `row` [1]: greedy, its argmax; under exact
+        sampling, its own sample with the target's noise at that position (coupled: it agrees with
+        the target's sample as often as the two distributions allow); with sample_drafts under
+        rejection acceptance, a draw from its filtered distribution q (kept in `probs`), verified by
+        speculative sampling's rule."""
+        rule = self.rule or Greedy()
+        if self.config["sample_drafts"] and isinstance(rule, Rejection):
+            q = rule.distribution(logits[None])  # [1, V]
+            probs.append(q)
+            return (q.log() + gumbel(rule.draft_keys, row + 1, q.shape[-1])).argmax(dim=-1)
+        return rule.choose(logits[None], row)
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         """Roll the draft cache back to the accepted prefix; what was committed but never fed

@@ -21,15 +21,25 @@ def assert_cache_is_committed_sequence(engine, method, prompt, max_new=30):
     return out
 
 
-def assert_lossless(engine, method, prompts=3, max_new=40, eos=96):
-    """Greedy output equals the autoregressive baseline's; returns the mean tokens per forward."""
+def rule_for(engine, sampling, prompt_id: int):
+    """Greedy (sampling None), or exact sampling keyed by the prompt's id."""
+    if sampling is None:
+        return None
+    from harness.core.sampling import Exact, device_keys, turn_key
+
+    return Exact(sampling, device_keys([turn_key(0, str(prompt_id), 0)], engine.device))
+
+
+def assert_lossless(engine, method, prompts=3, max_new=40, eos=96, sampling=None):
+    """The output equals the autoregressive baseline's, greedy or (sampling: SamplingParams) the
+    same position-keyed sample; returns the mean tokens per forward."""
     ar = Autoregressive(engine, "tiny")
     cache = engine.new_cache(256)
     taus = []
     for seed in range(prompts):
         prompt = random.Random(seed).sample(range(3, 97), 7)
-        ref = decode(ar, prompt, max_new, {eos}, cache).output_ids
-        got = decode(method, prompt, max_new, {eos}, cache)
+        ref = decode(ar, prompt, max_new, {eos}, cache, rule=rule_for(engine, sampling, seed)).output_ids
+        got = decode(method, prompt, max_new, {eos}, cache, rule=rule_for(engine, sampling, seed))
         assert got.output_ids == ref, f"prompt {seed}: diverges"
         assert sum(got.accept_lengths) == len(ref)
         taus.append(len(ref) / len(got.accept_lengths))

@@ -100,3 +100,21 @@ def test_nvml_device_is_the_torch_device():
         decode(Autoregressive(engine, "tiny"), [5, 6, 7], 40, set(), engine.new_cache(128))
         torch.cuda.synchronize(device)
     assert probe.result["energy_j"] >= 0 and probe.result["mem_peak_mb"] > 0
+
+
+def test_the_sampling_noise_is_the_same_on_cuda_and_on_the_cpu():
+    from harness.core.sampling import device_keys, reference_uniform, turn_key, uniform
+
+    keys = [turn_key(0, "81", 1), turn_key(3, "x", 0)]
+    t, v = torch.arange(0, 5000, 7), torch.arange(0, 50000, 13)
+    cpu = uniform(device_keys(keys, "cpu")[:, None, None], t[None, :, None], v)
+    gpu = uniform(device_keys(keys, "cuda")[:, None, None], t.cuda()[None, :, None], v.cuda()).cpu()
+    assert torch.equal(cpu, gpu) and cpu[1, 3, 5].item() == reference_uniform(keys[1], 21, 65)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_WAIT))
+def test_exact_sampling_is_lossless_on_cuda(tmp_path, name):
+    from harness.core.sampling import SamplingParams
+
+    engine = cuda_engine()
+    assert_lossless(engine, ONE_WAIT[name](engine, tmp_path), prompts=2, max_new=32, sampling=SamplingParams(1.0))

@@ -92,13 +92,13 @@ def test_threshold_rule_moves_towards_the_target_acceptance():
 def test_threshold_adapts_while_decoding(engine):
     exact = make(engine, "none", threshold=0.99)  # short drafts, all accepted: draft longer
     assert_lossless(engine, exact)
-    assert exact.accepted == exact.drafted and exact.rule.value < 0.99
+    assert exact.accepted == exact.drafted and exact.exit_rule.value < 0.99
     poor = make(engine, "a3,m3", threshold=0.3)  # most drafts rejected: stop earlier
     assert_lossless(engine, poor)
-    assert poor.accepted < poor.drafted / 2 and poor.rule.value > 0.3
+    assert poor.accepted < poor.drafted / 2 and poor.exit_rule.value > 0.3
     fixed = make(engine, "a3,m3", threshold=0.3, adaptive="false")
     assert_lossless(engine, fixed)
-    assert fixed.rule.value == 0.3
+    assert fixed.exit_rule.value == 0.3
 
 
 def test_skip_set_text_form():

@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 from harness.core.engine import Engine
-from harness.core.planning.costmodel import DEFAULT_NS, DEFAULT_PREFIX, measure, ratio_at
+from harness.core.planning.costmodel import (
+    DEFAULT_NS,
+    DEFAULT_PREFIX,
+    measure,
+    ratio_at,
+)
 
 __all__ = ["DEFAULT_NS", "DEFAULT_PREFIX", "measure", "ratio_at", "run", "default_out"]
 COSTMODEL_ROOT = Path(__file__).resolve().parents[2] / "results" / "costmodel"

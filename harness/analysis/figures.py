@@ -199,11 +199,21 @@ def _checkpoints_line(manifest: dict, methods) -> str:
 
 
 # -- everything ----------------------------------------------------------------------------
+def one_temperature(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the run's lowest temperature, for the figures drawn per (method, dataset)."""
+    if "temperature" not in summary or summary["temperature"].nunique() < 2:
+        return summary
+    lowest = summary["temperature"].min()
+    note(f"a run at several temperatures: figures other than speedup_by_temperature show T = {lowest:g}")
+    return summary[summary["temperature"] == lowest].reset_index(drop=True)
+
+
 def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = None,
              analysis_json: Path | None = None) -> list[Path]:
     """Every figure the inputs allow; returns the files written. A figure whose data is
     missing is skipped with a printed note."""
     from harness.analysis.figures_analysis import ANALYSIS_FIGURES
+    from harness.analysis.figures_sampling import speedup_by_temperature
 
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -213,6 +223,8 @@ def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = 
         if summary.empty:
             note(f"{run_dir} holds no decoded records: run figures skipped")
         else:
+            written += speedup_by_temperature(summary, manifest, out_dir)
+            summary = one_temperature(summary)
             written += speedup_vs_draft(summary, manifest, out_dir)
             written += tau_per_method(summary, manifest, out_dir)
             written += serial_vs_parallel(summary, manifest, out_dir)

@@ -10,8 +10,9 @@ reference[:k] gives its logits there (fp32 of the model's own): `gap` = logit(ba
 - logit(method's token). The divergence is a `tie` when gap <= TIE_ULPS units in the last place
 of the model's dtype at the top logit (ulp = finfo(dtype).eps * max(|top-1 logit|, 1)): bf16 at
 a logit of 20 gives an epsilon of 8 * 0.0078 * 20 = 1.25, fp16 0.16, fp32 2e-5. Anything else,
-or one output ending before the other, is a `mismatch`. The one rule for runs, doctor and
-gpu-check.
+or one output ending before the other, is a `mismatch`. Under exact sampling the same rule
+holds for the perturbed scores the sample is the argmax of (logits / T + the position's Gumbel
+noise), with the tolerance divided by T. The one rule for runs, doctor and gpu-check.
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ def baseline_logits(engine, ids: list[int]) -> torch.Tensor:
     return engine.logits(h[0, -1]).float()
 
 
-def diagnose(engine, prompt: list[int], reference: list[int], output: list[int], at: int) -> dict:
-    """The `divergence` entry of a record whose output first leaves the reference at index `at`."""
+def diagnose(engine, prompt: list[int], reference: list[int], output: list[int], at: int, rule=None) -> dict:
+    """The `divergence` entry of a record whose output first leaves the reference at index `at`.
+    Under sampling (`rule`: the turn's exact rule) the scores compared are the rule's (filtered
+    logits / T + the position's noise) and the tie tolerance is the logits' divided by T."""
     logits = baseline_logits(engine, prompt + reference[:at])
+    ulp = torch.finfo(engine.dtype).eps * max(abs(float(logits.max())), 1.0)
+    scale = 1.0
+    if hasattr(rule, "params"):  # sampling: the scores whose argmax the rule takes
+        row = torch.full((1,), len(prompt) + at - 1, device=logits.device)  # the row that chose token `at`
+        logits, scale = rule.scores(logits[None], row)[0], rule.temperature
     values, tokens = (t.tolist() for t in torch.topk(logits, 2))
-    ulp = torch.finfo(engine.dtype).eps * max(abs(values[0]), 1.0)
     entry = {"at": at, "baseline_token": reference[at] if at < len(reference) else None,
              "method_token": output[at] if at < len(output) else None, "baseline_top2": tokens,
-             "baseline_margin": values[0] - values[1], "ulp": ulp, "epsilon": TIE_ULPS * ulp}
+             "baseline_margin": values[0] - values[1], "ulp": ulp, "epsilon": TIE_ULPS * ulp / scale}
     if entry["baseline_token"] is None or entry["method_token"] is None:
         return {**entry, "gap": None, "kind": "mismatch", "tie": False, "reason": "one output ends before the other"}
     gap = float(logits[entry["baseline_token"]] - logits[entry["method_token"]])

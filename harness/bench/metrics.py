@@ -112,6 +112,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     if df.empty:
         return df
     df["tokens_per_s"] = df["new_tokens"] / df["wall_time"]
+    if "temperature" in df:
+        df["temperature"] = df["temperature"].fillna(0.0)
     if "category" not in df:
         df["category"] = None
     return df
@@ -192,10 +194,17 @@ def pairs_of(df: pd.DataFrame, method: str, keys: dict, baseline: str) -> pd.Dat
     by another process."""
     sel = np.logical_and.reduce([_equals(df[k], v) for k, v in keys.items()] + [np.ones(len(df), bool)])
     m, b = df[sel & (df.method == method)], df[sel & (df.method == baseline)]
-    on = ["sample_id", "turn"] + (["session"] if "session" in df else [])
+    on = ["sample_id", "turn"] + [c for c in ("temperature", "session") if c in df]
     joined = m.merge(b[[*on, "tokens_per_s"]], on=on, suffixes=("", "_base"))
     return pd.DataFrame({"cluster": joined["sample_id"], "tps": joined["tokens_per_s"],
                          "tps_base": joined["tokens_per_s_base"]})
+
+
+def grouping(df: pd.DataFrame, by: tuple[str, ...]) -> tuple[str, ...]:
+    """The `by` columns, with temperature added when the records hold more than one (a run at
+    several temperatures is never summarised across them)."""
+    several = "temperature" in df and df["temperature"].fillna(0.0).nunique() > 1
+    return (*by, "temperature") if several and "temperature" not in by else tuple(by)
 
 
 def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -204,6 +213,7 @@ def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tupl
     df = records_frame(records)
     if df.empty:
         return pd.DataFrame()
+    by = grouping(df, by)
     for column in by:
         df[column] = df[column].astype(object).where(df[column].notna(), NO_GROUP) if column in df else NO_GROUP
     keys = ["dataset", *by]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.bench.results import ResultsError
 
-Key = tuple[str, str, str, int]
+Key = tuple[str, str, str, int, float]
 NUMBER, INT, STR, BOOL, LIST, DICT = "number", "int", "str", "bool", "list of ints", "object"
 RECORD_TYPES: dict[str, str] = {
     "method": STR, "dataset": STR, "sample_id": STR, "turn": INT, "category": STR, "order": INT,
@@ -29,14 +29,21 @@ RECORD_TYPES: dict[str, str] = {
     "forwards": INT, "accept_lengths": LIST, "draft_sizes": LIST, "positions": LIST, "accepted": LIST,
     "draft_forwards": INT, "syncs": INT, "prefill_syncs": INT, "host_reads": INT, "output_ids": LIST,
     "output_text": STR, "lossless": BOOL, "diverge_at": INT, "divergence": DICT, "rouge2": NUMBER,
-    "correct": BOOL, "telemetry": DICT, "prompt_tokens": INT, "stop": STR,
+    "correct": BOOL, "telemetry": DICT, "prompt_tokens": INT, "stop": STR, "temperature": NUMBER,
+    "acceptance": STR,
 }
 REQUIRED = ("method", "dataset", "sample_id", "turn")
 MEASURED = ("new_tokens", "wall_time")  # required of every record that is not a skip
 
 
 def key_of(record: dict) -> Key:
-    return record["method"], record["dataset"], record["sample_id"], record["turn"]
+    """(method, dataset, sample, turn, temperature): unique in a run (greedy records made before
+    sampling existed hold no temperature: 0)."""
+    return record["method"], record["dataset"], record["sample_id"], record["turn"], temperature_of(record)
+
+
+def temperature_of(record: dict) -> float:
+    return float(record.get("temperature") or 0.0)
 
 
 def _fits(value, kind: str) -> bool:
@@ -108,13 +115,14 @@ def complete_turns(records: list[dict], names: list[str]) -> tuple[list[dict], l
     sample after an incomplete one; and the (dataset, sample, turn, count) of each dropped turn."""
     by_turn: dict[tuple, set] = {}
     for r in records:
-        by_turn.setdefault((r["dataset"], r["sample_id"], r["turn"]), set()).add(r["method"])
-    first_gap: dict[tuple, int] = {}
-    for (dataset, sample, turn), methods in by_turn.items():
+        by_turn.setdefault((r["dataset"], r["sample_id"], temperature_of(r), r["turn"]), set()).add(r["method"])
+    first_gap: dict[tuple, int] = {}  # (dataset, sample, temperature) -> its first incomplete turn
+    for (dataset, sample, temp, turn), methods in by_turn.items():
         if not set(names) <= methods:
-            first_gap[(dataset, sample)] = min(turn, first_gap.get((dataset, sample), turn))
-    kept = [r for r in records if r["turn"] < first_gap.get((r["dataset"], r["sample_id"]), math.inf)]
-    dropped = sorted({(d, s, t, len(m)) for (d, s, t), m in by_turn.items() if t >= first_gap.get((d, s), math.inf)})
+            first_gap[(dataset, sample, temp)] = min(turn, first_gap.get((dataset, sample, temp), turn))
+    late = lambda d, s, temp, t: t >= first_gap.get((d, s, temp), math.inf)  # noqa: E731
+    kept = [r for r in records if not late(r["dataset"], r["sample_id"], temperature_of(r), r["turn"])]
+    dropped = sorted({(d, s, t, len(m)) for (d, s, temp, t), m in by_turn.items() if late(d, s, temp, t)})
     return kept, dropped
 
 

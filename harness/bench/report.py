@@ -113,8 +113,9 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     if predicted and not summary.empty:
         summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
                                                     for m, d in zip(summary["method"], summary["dataset"])])
-    text = table(summary, by).to_markdown(index=False) if not summary.empty else "(no decoded records)"
-    notes = control_verdicts(summary, by) + ungrouped(summary, by)
+    shown = by + tuple(c for c in ("temperature",) if c in summary and c not in by)  # never across temperatures
+    text = table(summary, shown).to_markdown(index=False) if not summary.empty else "(no decoded records)"
+    notes = control_verdicts(summary, shown) + ungrouped(summary, by)
     if skipped:
         notes.append(f"{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: "
                      f"{skipped[0]['skipped']}")

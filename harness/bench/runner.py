@@ -11,6 +11,7 @@ a divergence is diagnosed (harness/bench/divergence.py).
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -132,7 +133,7 @@ class Runner:
             return f"prompt of {len(prompt)} tokens + budget {self.cfg.max_new_tokens} exceeds context {limit}"
         return None
 
-    def decode_turn(self, method: Method, prompt: list[int]) -> tuple[Decoded, float, dict]:
+    def decode_turn(self, method: Method, prompt: list[int], rule=None) -> tuple[Decoded, float, dict]:
         """One timed decode (device synchronised around it), with telemetry over exactly the
         timed window when enabled. Nothing is allocated or captured inside it."""
         self.cache = self._cache_for(len(prompt))
@@ -140,9 +141,9 @@ class Runner:
         synchronize(self.lm.device)
         t0 = probe.start() if probe else time.perf_counter()
         if getattr(method, "external", False):
-            out = method.generate(prompt, self.cfg.max_new_tokens, self.eos)
+            out = method.generate(prompt, self.cfg.max_new_tokens, self.eos, rule)
         else:
-            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache)
+            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache, rule)
         synchronize(self.lm.device)
         t1 = probe.stop() if probe else time.perf_counter()
         return out, t1 - t0, (probe.result if probe else {})
@@ -151,11 +152,12 @@ class Runner:
         """Whether any turn of these samples still lacks a record (a resumed run warms up only
         the datasets it still decodes). Turns after a skipped first turn are never decoded."""
         for sample in items:
-            first = done.get((registry.BASELINE, sample.dataset, sample.sample_id, 0))
-            turns = 1 if first and first.get("skipped") else len(sample.turns)
-            if any((name, sample.dataset, sample.sample_id, turn) not in done
-                   for name in self.names for turn in range(turns)):
-                return True
+            for temp in self.cfg.sampling.temperatures:
+                first = done.get((registry.BASELINE, sample.dataset, sample.sample_id, 0, temp))
+                turns = 1 if first and first.get("skipped") else len(sample.turns)
+                if any((name, sample.dataset, sample.sample_id, turn, temp) not in done
+                       for name in self.names for turn in range(turns)):
+                    return True
         return False
 
     def warm_up(self, bar, done: dict) -> None:
@@ -168,9 +170,9 @@ class Runner:
             for sample in ([spare] if spare else []) + items:
                 prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
                 if self.fits(prompt) is None:
-                    for name in self.names:
-                        bar.set_postfix_str(f"warm-up {dataset} {name}")
-                        self.decode_turn(self.methods[name], prompt)
+                    for name, temp in itertools.product(self.names, self.cfg.sampling.temperatures):
+                        bar.set_postfix_str(f"warm-up {dataset} {name} T={temp:g}")
+                        self.decode_turn(self.methods[name], prompt, self.rule(name, temp, sample, 0))
                     break
 
     def run(self) -> Path:
@@ -185,7 +187,8 @@ class Runner:
         write_json(self.out / "manifest.json", self.manifest())
         writer = RecordWriter(self.out / "records.jsonl", self.names)
         try:
-            total = sum(len(s.turns) for v in self.valid.samples.values() for s in v) * len(self.names)
+            total = sum(len(s.turns) for v in self.valid.samples.values() for s in v) * len(self.names) \
+                * len(self.cfg.sampling.temperatures)
             with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
                 if self.cfg.warmup:
                     self.warm_up(bar, writer.done)
@@ -195,53 +198,74 @@ class Runner:
         finally:
             writer.close()
 
-    def _run_sample(self, sample: Sample, writer: RecordWriter, bar) -> None:
-        order = permutation(self.names, self.cfg.seed, sample.dataset, sample.sample_id)
-        answers: list[str] = []  # the baseline's answers to the earlier turns
-        for turn in range(len(sample.turns)):
-            prompt = chat_prompt(self.lm.tokenizer, sample.turns[: turn + 1], answers)
-            done = self._run_turn(sample, turn, prompt, order, writer, bar)
-            base = done[registry.BASELINE]
-            if base.get("skipped"):
-                bar.update(len(self.names) * (len(sample.turns) - turn - 1))
-                break
-            answers.append(base["output_text"])
+    def rule(self, name: str, temperature: float, sample: Sample, turn: int):
+        """The acceptance rule of one method's turn at one temperature (made before timing)."""
+        method = self.methods[name]
+        drafts = method.drafts and not getattr(method, "external", False)
+        return self.cfg.sampling.rule(temperature, self.cfg.seed, sample.sample_id, turn, self.lm.device, drafts,
+                                      typical=method.config.get("acceptance") == "typical")
 
-    def _run_turn(self, sample: Sample, turn: int, prompt: list[int], order: list[str],
+    def acceptance_of(self, name: str, rule) -> str:
+        """What decided a record's tokens: greedy, exact, rejection, typical, or generate() (a peer's own)."""
+        sampled = getattr(rule, "params", None) is not None
+        return "generate" if sampled and getattr(self.methods[name], "external", False) else rule.name
+
+    def _run_sample(self, sample: Sample, writer: RecordWriter, bar) -> None:
+        """The sample's turns at every temperature; turn t asked after the baseline's answers (at
+        that temperature) to the earlier turns."""
+        order = permutation(self.names, self.cfg.seed, sample.dataset, sample.sample_id)
+        for temp in self.cfg.sampling.temperatures:
+            answers: list[str] = []
+            for turn in range(len(sample.turns)):
+                prompt = chat_prompt(self.lm.tokenizer, sample.turns[: turn + 1], answers)
+                done = self._run_turn(sample, turn, temp, prompt, order, writer, bar)
+                base = done[registry.BASELINE]
+                if base.get("skipped"):
+                    bar.update(len(self.names) * (len(sample.turns) - turn - 1))
+                    break
+                answers.append(base["output_text"])
+
+    def _run_turn(self, sample: Sample, turn: int, temp: float, prompt: list[int], order: list[str],
                   writer: RecordWriter, bar) -> dict[str, dict]:
         """Every method on one turn, in `order`; new records written once all are known."""
         done, fresh = {}, []
         reason = self.fits(prompt)
         for position, name in enumerate(order):
-            key = (name, sample.dataset, sample.sample_id, turn)
+            key = (name, sample.dataset, sample.sample_id, turn, temp)
             if key in writer.done:  # resumed: reuse what was written
                 done[name] = writer.done[key]
             elif reason:
-                done[name] = skipped_record(key, reason, sample.category)
+                done[name] = {**skipped_record(key[:4], reason, sample.category), "temperature": temp}
                 fresh.append(name)
             else:
-                bar.set_postfix_str(f"{sample.dataset} #{sample.sample_id} t{turn} {name}")
-                out, wall, tel = self.decode_turn(self.methods[name], prompt)
-                done[name] = make_record(key, sample, out, wall, tel, self.lm.tokenizer, len(prompt), position)
+                bar.set_postfix_str(f"{sample.dataset} #{sample.sample_id} t{turn} T={temp:g} {name}")
+                rule = self.rule(name, temp, sample, turn)
+                out, wall, tel = self.decode_turn(self.methods[name], prompt, rule)
+                done[name] = {**make_record(key[:4], sample, out, wall, tel, self.lm.tokenizer, len(prompt), position),
+                              "temperature": temp, "acceptance": self.acceptance_of(name, rule)}
                 fresh.append(name)
             bar.update(1)
-        self._judge(done, fresh, prompt)
+        self._judge(done, fresh, prompt, temp, self.rule(registry.BASELINE, temp, sample, turn))
         for name in fresh:
             writer.write({**done[name], "session": self.session})
         return done
 
-    def _judge(self, done: dict[str, dict], fresh: list[str], prompt: list[int]) -> None:
-        """Losslessness of the new records against the baseline's output of the same turn, and
-        a diagnosis of each divergence (one extra untimed forward)."""
+    def _judge(self, done: dict[str, dict], fresh: list[str], prompt: list[int], temp: float, rule) -> None:
+        """Losslessness of the new records against the baseline's output of the same turn (where
+        it must hold token for token), and a diagnosis of each divergence under the baseline's
+        rule (one extra untimed forward)."""
         reference = done[registry.BASELINE].get("output_ids")
         for name in fresh:
             rec = done[name]
-            if rec.get("skipped") or name == registry.BASELINE or reference is None:
+            method = self.methods[name]
+            compared = self.cfg.sampling.compared(temp, getattr(method, "external", False), method.drafts,
+                                                  method.config.get("acceptance") == "typical")
+            if rec.get("skipped") or name == registry.BASELINE or reference is None or not compared:
                 continue
             at = metrics.first_divergence(rec["output_ids"], reference)
             rec["lossless"], rec["diverge_at"] = at is None, at
             if at is not None:
-                rec["divergence"] = diagnose(self.engine, prompt, reference, rec["output_ids"], at)
+                rec["divergence"] = diagnose(self.engine, prompt, reference, rec["output_ids"], at, rule)
 
 
 def summary_of(out: Path, by: tuple[str, ...] = ()):

@@ -12,6 +12,7 @@ from pathlib import Path
 import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, measured
+from harness.bench.sampled import Sampling
 from harness.core.modelload import check_supported, load_config, model_key
 from harness.core.options import MethodError, Options
 from harness.core.planning import costmodel
@@ -38,6 +39,7 @@ class RunConfig:
     telemetry: bool = True
     warmup: bool = True
     control: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass
@@ -71,6 +73,9 @@ def check_numbers(cfg: RunConfig) -> None:
         raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
     if cfg.seed < 0:
         raise DataError(f"--seed {cfg.seed}: must be 0 or more")
+    problem = cfg.sampling.check()
+    if problem:
+        raise DataError(problem)
 
 
 def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, Options]:
@@ -124,7 +129,16 @@ def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
     return {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype, "methods": names,
             "method_options": options, "datasets": list(dict.fromkeys(cfg.datasets)),
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
-            "control": cfg.control}
+            "control": cfg.control, **sampling_request(cfg.sampling)}
+
+
+def sampling_request(sampling: Sampling) -> dict:
+    """The sampling settings as the request records them (greedy runs: temperatures [0.0] only, as
+    runs made before sampling existed are read)."""
+    if sampling == Sampling():
+        return {}
+    return {"temperatures": list(sampling.temperatures), "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "acceptance": sampling.acceptance}
 
 
 def model_context(model: str) -> int:

@@ -68,17 +68,29 @@ def setup() -> None:
 @click.option("--no-telemetry", is_flag=True, help="Do not sample hardware telemetry.")
 @click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up decodes.")
 @click.option("--control", is_flag=True, help="A/A control: decode the baseline a second time per sample (as ar:control).")
+@click.option("--temperature", default="0", show_default=True,
+              help="Sampling temperature, or several comma-separated (each its own set of pairs; report shows "
+                   "them apart). 0 = greedy. At T > 0 the target's token at each position is the Gumbel-max "
+                   "sample keyed by seed, sample, turn and position, so every method can match the baseline's.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the top k tokens (0 = off).")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (1 = off).")
+@click.option("--acceptance", type=click.Choice(["exact", "rejection"]), default="exact", show_default=True,
+              help="Under T > 0: exact (every method reproduces the baseline's sample; lossless checked) or "
+                   "rejection (speculative sampling's rule for drafts drawn from q: lossless in distribution, "
+                   "lossless null in records).")
 @click.option("--costmodel", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Cost-model JSON every method plans its auto draft shape for (METHOD.costmodel; e.g. the "
                    "reference machine's, so that planning is the same on every machine). Default: this machine's.")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
-        overwrite, seed, data_source, no_telemetry, no_warmup, control, costmodel) -> None:
+        overwrite, seed, data_source, no_telemetry, no_warmup, control, temperature, top_k, top_p, acceptance,
+        costmodel) -> None:
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
     from harness.analysis.plans import with_costmodel
     from harness.bench.report import report
     from harness.bench.runner import RunConfig, Runner
+    from harness.bench.sampled import Sampling, temperatures
 
     try:
         names = csv(methods_)
@@ -88,7 +100,8 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
         cfg = RunConfig(methods=names, datasets=csv(datasets), model=model, device=device, dtype=dtype,
                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
                         method_args=args, out=out, resume=resume, overwrite=overwrite,
-                        telemetry=not no_telemetry, warmup=not no_warmup, control=control)
+                        telemetry=not no_telemetry, warmup=not no_warmup, control=control,
+                        sampling=Sampling(temperatures(temperature), top_k, top_p, acceptance))
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)
@@ -106,8 +119,9 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--by", type=click.Choice(["category"]), default=None,
-              help="Break each dataset down by category too (MT-bench, Spec-Bench, jsonl with `category`).")
+@click.option("--by", type=click.Choice(["category", "temperature"]), default=None,
+              help="Break each dataset down by category (MT-bench, Spec-Bench, jsonl with `category`) or by "
+                   "temperature (a run at several is always shown per temperature).")
 def report_cmd(run_dir: Path, by: str | None) -> None:
     """Method x dataset table of a run (also written as summary.md and summary.csv)."""
     from harness.bench.report import report

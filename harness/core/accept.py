@@ -44,6 +44,11 @@ class Greedy:
     the model's dtype; harness/bench/divergence.py tells such ties from bugs)."""
 
     name = "greedy"
+    temperature = 1.0  # the scale of `scores` against the logits (a divergence's tie tolerance follows it)
+
+    def scores(self, logits: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """What the target's choice is the argmax of: the logits themselves."""
+        return logits
 
     def choose(self, logits: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """logits: [..., V] at rows standing at `positions` [...] -> the target's tokens [...]."""

@@ -123,6 +123,7 @@ def decode(method: Method, prompt_ids: list[int], max_new_tokens: int, eos_ids: 
     syncs, drafts = engine.counters.syncs, engine.counters.draft_forwards
     method.prepare(cache)
     cache.reset()
+    method.rule = rule  # drafters may draft with it (the target's noise at a position, a draft stream)
     t0 = time.perf_counter()
     method.begin(prompt_ids)
     before = engine.counters.positions

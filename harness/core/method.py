@@ -62,6 +62,7 @@ class Method:
     trainer: ClassVar[str | None] = None  # `spec-harness train <trainer>` builds it (default: the name)
     profile_family: ClassVar[str | None] = None  # "tree" | "chain" | "grid": plans its draft shape
     planned: Any = None  # a planning.Planned when the method planned (or fell back from) an auto shape
+    rule: Any = None  # the acceptance rule of the turn being decoded (set by the loop before `begin`)
 
     def __init__(self, engine: Engine, model_key: str, options: Options | None = None, **values: Any):
         """options: values already resolved (by the run's validation); else `values` (strings of
