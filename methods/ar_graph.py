@@ -41,5 +41,5 @@ class ARGraph(Method):
         if cache.length >= cache.max_len:  # checked here: on the device an out-of-range slot would be a device assert
             raise RuntimeError(f"KV cache overflow: {cache.length + 1} positions > capacity {cache.max_len}")
         hidden = self._step(pending)
-        self.engine.count(pending.shape[0])
+        self.engine.count(1)  # one row per sequence
         return hidden

@@ -178,6 +178,7 @@ class Eagle(Method):
     )
     profile_family = "grid"
     profile_grid = PROFILE_GRID
+    batchable = False  # the head's cache and features are kept for one sequence
 
     @classmethod
     def validate(cls, config: dict) -> None:

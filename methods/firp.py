@@ -181,20 +181,26 @@ class FIRP(TreeDrafter):
             self._memo = {key: (mask, offsets, tree.mask)}  # keeps the template alive, so its address stays its own
         return self._memo[key][:2]
 
+    def begin(self, prompts: list[list[int]]) -> None:
+        self._lengths = [len(p) for p in prompts]
+
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The baseline's causal prefill, keeping the last prompt token's state at the insertion
+        """The baseline's causal prefill, keeping each prompt's last token's state at the insertion
         layers; then that token's pseudo chain runs through the upper layers only, attending to
-        the complete prompt cache (its K/V slots are overwritten by the next verify). Booked as
-        one target forward of P + K rows. ids: [B, P] (prompts of one length)."""
+        its own prompt's cache (its K/V slots are overwritten by the next verify). Booked as one
+        target forward of P + K rows per sequence. ids: [B, P], right-padded prompts."""
         eng, (B, P), K = self.engine, ids.shape, self.steps
         hidden_at, h = eng.capture_pass(ids, self.chains.layers[:K], cache)
         eng.count(P + K)
+        cache.set_lengths(self._lengths)  # each sequence's prompt: the chains attend to it alone
+        last = (cache.lengths - 1)[:, None, None]  # [B, 1, 1] each prompt's last row
         chain = self.chains.chain_mask(torch.ones(1, 0, dtype=torch.bool, device=eng.device), K)  # [K, K]
-        positions = P - 1 + torch.arange(1, K + 1, device=eng.device)  # [K]
-        ctx = eng.context(positions, chain, cache, offset=P)
-        inserts = self.chains.inserts(lambda layer, _h: hidden_at[layer][:, -1:], 1, K)
+        positions = cache.lengths[:, None] - 1 + cache.arange(K + 1)[1:]  # [B, K]
+        ctx = eng.context(positions, chain, cache)
+        real_at = lambda layer, _h: hidden_at[layer].gather(1, last.expand(-1, 1, h.shape[-1]))  # noqa: E731
+        inserts = self.chains.inserts(real_at, 1, K)
         pseudo = eng.run_layers(h.new_zeros(B, 0, h.shape[-1]), ctx, self.chains.layers[0], inserts=inserts)
-        self._pseudo, self._offset = pseudo.view(B, K, 1, -1), P - 1
+        self._pseudo, self._offset = pseudo.view(B, K, 1, -1), last[:, 0, 0]
         return h
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:

@@ -185,6 +185,7 @@ class Lookahead(Method):
     )
     profile_family = "grid"
     profile_grid = PROFILE_GRID
+    batchable = False  # one Jacobi window and n-gram pool per turn
 
     PRESETS = PRESETS
 
@@ -217,8 +218,9 @@ class Lookahead(Method):
         return out
 
     # -- the decoding hooks ------------------------------------------------------------------
-    def begin(self, prompt_ids: list[int]) -> None:
+    def begin(self, prompts: list[list[int]]) -> None:
         """A new turn: empty pool, level 0 seeded from the prompt's tokens (host ids: no read)."""
+        (prompt_ids,) = prompts  # one sequence: the window and pool are per turn
         seeds = random.Random(0).choices(prompt_ids, k=self.width + self.ngram - 3)
         self.window, self.pool = Window(self.width, self.ngram, seeds), NGramPool(self.guess)
         self._outputs = None

@@ -78,15 +78,36 @@ class HFGenerate(Method):
                                   **self.sampling_kwargs(rule), **self.generate_kwargs())
         with plain_generation_config(model), self.assisting() as extra:
             seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, **extra)
-        out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None)
+        out = Decoded(output_ids=seq[0, len(prompt_ids):].tolist(), prefill_time=None, idle_rows=None)
         out.stop = "eos" if out.output_ids and out.output_ids[-1] in eos_ids else "length"
         return out
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], rule=None) -> list[Decoded]:
+        """Several prompts in one generate() call, left-padded as transformers expects (the check
+        on `ar` at batch B); each output cut after its first EOS (generate pads finished rows)."""
+        model, eos = self.engine.model, sorted(eos_ids)
+        width = max(map(len, prompts))
+        ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in prompts], device=self.engine.device)  # [B, P]
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.engine.device)
+        config = GenerationConfig(num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
+                                  **self.sampling_kwargs(rule), **self.generate_kwargs())
+        with plain_generation_config(model), self.assisting() as extra:
+            seq = model.generate(ids, attention_mask=mask, generation_config=config, **extra)
+        outs = []
+        for row in seq[:, width:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in eos_ids), None)
+            out = Decoded(output_ids=row[:stop + 1] if stop is not None else row, prefill_time=None, idle_rows=None)
+            out.stop = "eos" if stop is not None else "length"
+            outs.append(out)
+        return outs
 
 
 class HFEarlyExit(HFGenerate):
     """transformers' layer-skip drafting: generate(assistant_early_exit=k), the first k layers
     plus the LM head draft for the full model (the outside counterpart of self-spec)."""
 
+    batchable = False  # transformers refuses batched input to assisted decoding
     name = "hf-early-exit"
     summary = "transformers generate(assistant_early_exit=k): early-exit drafting (outside peer)"
     options = (Option("layer", "int", 0, "exit after this many layers to draft (0 = half the model's depth)"),)
@@ -111,6 +132,7 @@ class HFPromptLookup(HFGenerate):
     default): string matching on the context, no draft model; the outside counterpart of
     lookahead's n-gram pool."""
 
+    batchable = False  # transformers refuses batched input to assisted decoding
     name = "hf-prompt-lookup"
     summary = "transformers generate(prompt_lookup_num_tokens=k): prompt-lookup drafting (outside peer)"
     options = (Option("tokens", "int", 10, "prompt_lookup_num_tokens: draft tokens per lookup", low=1),)
@@ -125,6 +147,7 @@ class HFAssisted(UsesDraft, HFGenerate):
     the same confidence threshold (0 = off). transformers adapts a threshold > 0 over the run when
     scikit-learn is installed; `sps` keeps it fixed. The outside counterpart of `sps`."""
 
+    batchable = False  # transformers refuses batched input to assisted decoding
     name = "hf-assisted"
     summary = "transformers generate(assistant_model=draft): draft-model assisted decoding (outside peer)"
 

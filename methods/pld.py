@@ -18,6 +18,7 @@ the loop.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 import torch
@@ -85,22 +86,36 @@ class PromptLookup(Method):
     def __init__(self, engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.k = chain_k(self, STATIC_K)
-        self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
+        self.indexes = [NGramIndex(self.config["min_ngram"], self.config["max_ngram"])]
         self._chains = ChainLayouts()
 
     # -- the decoding hooks ------------------------------------------------------------------
-    def begin(self, prompt_ids: list[int]) -> None:
-        """A new turn: the index starts over from the prompt."""
-        self.index = NGramIndex(self.config["min_ngram"], self.config["max_ngram"])
-        self.index.extend(prompt_ids)
+    def begin(self, prompts: list[list[int]]) -> None:
+        """A new turn: one index per sequence, started over from its prompt."""
+        self.indexes = [NGramIndex(self.config["min_ngram"], self.config["max_ngram"]) for _ in prompts]
+        for index, prompt in zip(self.indexes, prompts):
+            index.extend(prompt)
+
+    @property
+    def index(self) -> NGramIndex:
+        """The first sequence's index (a batch of one: the turn's)."""
+        return self.indexes[0]
 
     def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
-        """The pending token (already in the index: the loop read it) and the continuation of the
-        context's latest earlier match. pending: [1]."""
+        """Each sequence's pending token (already in its index: the loop read it) and the
+        continuation of its context's latest earlier match; chains of a batch padded to the
+        longest (padding invalid). pending: [B]."""
         room = cache.max_len - cache.length - 1  # verify needs 1 + drafts slots
-        draft = self.index.lookup(min(self.k, room)) if room > 0 else []
-        tokens = torch.cat([pending, self.engine.upload(draft)]) if draft else pending
-        return Tree.chain(tokens[None], self._chains)
+        drafts = [index.lookup(min(self.k, room)) if room > 0 else [] for index in self.indexes]
+        width, B = max(map(len, drafts)), len(drafts)
+        if width == 0:
+            return Tree.chain(pending[:, None], self._chains)
+        if B == 1:
+            return Tree.chain(torch.cat([pending, self.engine.upload(drafts[0])])[None], self._chains)
+        packed = self.engine.upload([t for d in drafts for t in d + [0] * (width - len(d))] + list(map(len, drafts)))
+        tree = Tree.chain(torch.cat([pending[:, None], packed[:B * width].view(B, width)], dim=1), self._chains)
+        return replace(tree, valid=cache.arange(width + 1)[None, :] <= packed[B * width:, None])  # [B, 1 + width]
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
-        self.index.extend(step.tokens[0])  # the committed tokens: accepted drafts, then the pending one
+        for index, tokens in zip(self.indexes, step.tokens):
+            index.extend(tokens)  # the committed tokens: accepted drafts, then the pending one

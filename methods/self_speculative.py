@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -168,29 +168,41 @@ class SelfSpeculative(Method):
 
     # -- the decoding hooks ------------------------------------------------------------------
     def draft_logits(self, token: torch.Tensor, offset: int, cache: KVCache) -> torch.Tensor:
-        """One draft-model forward of token [1, 1] at slot (and position) cache length + offset ->
-        logits [V]. Not a target forward: it bypasses engine.forward and its counters."""
+        """One draft-model forward of tokens [B, 1] at slot (and position) each sequence's length +
+        offset -> logits [B, V]. Not a target forward: it bypasses engine.forward and its counters."""
         eng = self.engine
         ctx = eng.context(cache.lengths[:, None] + offset, None, cache, offset=offset)
-        h = eng.run_layers(eng.embed(token), ctx, skip_attn=self.skip.attn, skip_mlp=self.skip.mlp)  # [1, 1, d]
-        return eng.logits(h[0, -1])
+        h = eng.run_layers(eng.embed(token), ctx, skip_attn=self.skip.attn, skip_mlp=self.skip.mlp)  # [B, 1, d]
+        return eng.logits(h[:, -1])
 
     def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
-        """A chain root, d1, d2, ...: d_k drafted by the row at slot cache.length + k - 1."""
+        """A chain root, d1, d2, ... per sequence: d_k drafted by the row at slot length + k - 1.
+        A sequence stops drafting after a token below the exit threshold; in a batch the others
+        go on, its later tokens padding (invalid), until every sequence has stopped."""
         room = min(self.config["max_draft"], cache.max_len - cache.length - 1)  # verify needs 1 + drafts slots
-        tokens = [pending]  # each [1]
+        tokens, B = [pending], pending.shape[0]  # each [B]
+        counts, active = [0] * B, [True] * B  # draft tokens per sequence up to its exit
         for j in range(room):
-            probs = self.draft_logits(tokens[-1].view(1, 1), j, cache).float().softmax(-1)  # [V]
+            probs = self.draft_logits(tokens[-1][:, None], j, cache).float().softmax(-1)  # [B, V]
             p, tok = probs.max(-1)
-            tokens.append(tok.view(1))
-            if self.engine.host(p) < self.exit_rule.value:  # one host read per draft token: the exit rule
+            tokens.append(tok)
+            top = self.engine.host(p)  # one host read per draft token: the exit rule
+            for b in range(B):
+                if active[b]:
+                    counts[b] += 1
+                    active[b] = top[b] >= self.exit_rule.value
+            if not any(active):
                 break
-        return Tree.chain(torch.cat(tokens)[None], self._chains)
+        tree = Tree.chain(torch.stack(tokens, dim=1), self._chains)
+        if len(set(counts)) > 1:  # ragged exits: each sequence's own chain
+            tree = replace(tree, valid=cache.arange(len(tokens))[None, :] <= self.engine.upload(counts)[:, None])
+        return tree
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         if tree is None:  # the prefill: nothing was drafted
             return
-        drafted, accepted = tree.draft_size, len(step.paths[0]) - 1
-        self.drafted += drafted
-        self.accepted += accepted
-        self.exit_rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])
+        for drafted, path in zip(step.drafted, step.paths):
+            accepted = len(path) - 1
+            self.drafted += drafted
+            self.accepted += accepted
+            self.exit_rule.update(accepted, drafted, hit_max=drafted >= self.config["max_draft"])

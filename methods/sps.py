@@ -138,9 +138,13 @@ class SpS(UsesDraft, Method):
         except TypeError as err:
             raise MethodError(f"{self.name}.draft: {err}") from None
         self.k = chain_k(self, STATIC_K, lambda cost: draft_cost(cost, self.draft_cost_key(), self.draft_probe))
-        self.dcache: KVCache | None = None
-        self._unfed = torch.zeros(0, dtype=torch.long, device=engine.device)  # committed, not yet fed to the draft
-        self._root_slot = self._fed = 0  # slot of the last root; tree tokens fed to the draft (root first)
+        self._dcaches: dict[int, KVCache] = {}  # the draft's cache per batch size
+        self.dcache: KVCache | None = None  # the one of the current turn
+        self._unfed = torch.zeros(1, dtype=torch.long, device=engine.device)  # [B] a committed token not yet fed
+        self._has_unfed: list[bool] = []  # per sequence: whether _unfed holds one (host, from the step's read)
+        self._lengths: list[int] = []  # the prompts' lengths
+        self._root_slots: list[int] = []  # per sequence: the slot of the last root
+        self._fed = 0  # tree tokens fed to the draft, root first (the same for every sequence)
         self._chains = ChainLayouts()
 
     def profile_file(self) -> Path:
@@ -164,46 +168,72 @@ class SpS(UsesDraft, Method):
             return self.draft.logits(self.draft.forward(ids, at, None, cache)[0, -1]).argmax()
         return op
 
-    def _draft_forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids [c] to the draft at the next slots of its cache; logits [V] of the last one."""
-        cache, c = self.dcache, ids.numel()
-        h = self.draft.forward(ids, cache.lengths + cache.arange(c), None, cache)  # [1, c, d]
-        cache.advance(c)
+    def _draft_forward(self, ids: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+        """Feed ids [B, c] to the draft at each sequence's next slots; sequence b's first counts[b]
+        rows are real (default: all c; the rest padding, overwritten later). Logits [B, V] of
+        each sequence's last real row."""
+        cache, c = self.dcache, ids.shape[1]
+        h = self.draft.forward(ids, cache.lengths[:, None] + cache.arange(c), None, cache)  # [B, c, d]
         self.engine.count_draft()
-        return self.draft.logits(h[0, -1])
+        if counts is None or len(set(counts)) == 1:
+            cache.advance(counts[0] if counts else c)
+            return self.draft.logits(h[:, (counts[0] if counts else c) - 1])
+        for b, n in enumerate(counts):
+            cache.set_length(b, cache.seen[b] + n)
+        last = self.engine.upload([n - 1 for n in counts])  # [B]
+        return self.draft.logits(h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0])
 
     # -- the decoding hooks ------------------------------------------------------------------
     def prepare(self, cache: KVCache) -> None:
-        """The draft's own cache, as long as the target's."""
-        if self.dcache is None or self.dcache.max_len < cache.max_len:
-            self.dcache = self.draft.new_cache(cache.max_len)
+        """The draft's own cache, as long as the target's and for as many sequences."""
+        have = self._dcaches.get(cache.batch)
+        if have is None or have.max_len < cache.max_len:
+            self._dcaches[cache.batch] = self.draft.new_cache(cache.max_len, cache.batch)
+
+    def begin(self, prompts: list[list[int]]) -> None:
+        self._lengths = [len(p) for p in prompts]
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The target's prefill, then the draft's over the same prompt (a fresh draft cache).
-        ids: [1, P]."""
+        """The target's prefill, then the draft's over the same prompts (a fresh draft cache,
+        each sequence at its own prompt length). ids: [B, P], right-padded."""
         hidden = super().prefill(ids, cache)
         self.prepare(cache)
+        self.dcache = self._dcaches[cache.batch]
         self.dcache.reset()
-        self._draft_forward(ids[0])
-        self._unfed = ids[0, :0]
+        self._draft_forward(ids)
+        self.dcache.set_lengths(self._lengths)
+        self._has_unfed = [False] * ids.shape[0]
         return hidden
 
+    def _first_feed(self, pending: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """What the first draft forward of a step feeds: per sequence its unfed token (if any) and
+        the root; [B, 1] or [B, 2] (a sequence with nothing unfed padded with its root)."""
+        counts = [1 + u for u in self._has_unfed]
+        if max(counts) == 1:
+            return pending[:, None], counts
+        first = torch.where(self.engine.upload(self._has_unfed, torch.bool), self._unfed, pending) if min(counts) == 1 \
+            else self._unfed
+        return torch.stack([first, pending], dim=1), counts
+
     def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
-        """root, d1 .. dk: d1 from feeding the unseen committed tokens and the root, d(j+1) from
-        feeding dj; dk is not fed (it may be rejected). pending: [1]."""
+        """root, d1 .. dk per sequence: d1 from feeding the unseen committed tokens and the root,
+        d(j+1) from feeding dj; dk is not fed (it may be rejected). pending: [B]. With a
+        threshold, drafting stops once every sequence's last draft token is below it."""
         k = min(self.k, cache.max_len - cache.length - 1)  # verify needs 1 + k slots
-        tokens, probs = [pending], []  # each [1]; the draws' distributions when drafts are sampled
-        self._root_slot, feed = cache.length, torch.cat([self._unfed, pending])
+        tokens, probs = [pending], []  # each [B]; the draws' distributions when drafts are sampled
+        self._root_slots = list(cache.seen)
+        feed, counts = self._first_feed(pending)
         for j in range(max(0, k)):
-            logits = self._draft_forward(feed).float()  # [V]
-            feed = self.draft_token(logits, cache.lengths + j, probs)  # [1] the next draft token, fed next
-            tokens.append(feed)
+            logits = self._draft_forward(feed, counts if j == 0 else None).float()  # [B, V]
+            drafted = self.draft_token(logits, cache.lengths + j, probs)  # [B] the next draft tokens
+            tokens.append(drafted)
+            feed = drafted[:, None]
             threshold = self.config["threshold"]
-            if threshold and self.engine.host(logits.softmax(-1).max()) < threshold:  # a read per draft token
+            if threshold and self.engine.host(logits.softmax(-1).max(dim=-1).values.max()) < threshold:  # a read per draft token
                 break
         self._fed = len(tokens) - 1
-        tree = Tree.chain(torch.cat(tokens)[None], self._chains)
-        if probs:  # [1, n, V], row 0 (the root) unused
+        tree = Tree.chain(torch.stack(tokens, dim=1), self._chains)
+        if probs:  # [B, n, V], row 0 (the root) unused
             tree = replace(tree, probs=torch.stack([torch.zeros_like(probs[0])] + probs, dim=1))
         return tree
 
@@ -215,17 +245,20 @@ class SpS(UsesDraft, Method):
         speculative sampling's rule."""
         rule = self.rule or Greedy()
         if self.config["sample_drafts"] and isinstance(rule, Rejection):
-            q = rule.distribution(logits[None])  # [1, V]
+            q = rule.distribution(logits)  # [B, V]
             probs.append(q)
             return (q.log() + gumbel(rule.draft_keys, row + 1, q.shape[-1])).argmax(dim=-1)
-        return rule.choose(logits[None], row)
+        return rule.choose(logits, row)
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
-        """Roll the draft cache back to the accepted prefix; what was committed but never fed
-        (the root when nothing was drafted, the last draft token when all were accepted) waits."""
+        """Roll each sequence's draft cache back to its accepted prefix; what was committed but
+        never fed (the root when nothing was drafted, the last draft token when all were accepted:
+        the chain's last token either way) waits for the next step."""
         if tree is None:
             return
-        committed = len(step.paths[0])  # root + accepted draft tokens
-        kept = min(committed, self._fed)
-        self.dcache.truncate(self._root_slot + kept)
-        self._unfed = tree.tokens[0, kept:committed]  # [0 or 1], on the device
+        self._has_unfed = []
+        for b, path in enumerate(step.paths):
+            kept = min(len(path), self._fed)  # root + accepted draft tokens, those the draft saw
+            self.dcache.set_length(b, self._root_slots[b] + kept)
+            self._has_unfed.append(len(path) > kept)
+        self._unfed = tree.tokens[:, -1]  # [B], on the device

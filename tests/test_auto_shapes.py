@@ -214,3 +214,29 @@ def test_cached_cost_model_is_reused(engine, tmp_path, cache_dir):
     again = costmodel.for_engine(engine, "tiny")
     assert again.path == first.path and again.data == first.data and not again.given
     assert first.data["n"][0] == 1 and first.data["ratio"][0] == 1.0
+
+
+def test_drafts_shrink_with_the_batch_size_on_this_cpu_and_stay_when_rows_are_free(engine, tmp_path):
+    """At batch B a step of n rows per sequence costs c(B n)/c(B): on the committed CPU cost model
+    FIRP's, EAGLE's and pld's planned drafts at B = 8 are smaller than at B = 1; flat, they stay."""
+    from pathlib import Path
+
+    measured = costmodel.read(sorted((Path(__file__).parent.parent / "results" / "costmodel").glob("*-cpu-float32.json"))[0])
+    heads = {**FIRP_HEAD["drafts"], "eagle:eagle.safetensors:top_k2": 0.1}
+    cpu = write(tmp_path / "cpu.json", {"n": measured["n"], "ratio": measured["ratio"], "drafts": heads})
+    flat = write(tmp_path / "flat.json", {"n": [1, 4096], "ratio": [1.0, 1.0], "drafts": heads})  # GPU-like
+    write(tmp_path / "firp.profile.json", TREE)
+    write(tmp_path / "pld.json", CHAIN)
+    write(tmp_path / "eagle.profile.json", EAGLE)
+
+    def sizes(cost, batch):
+        return (firp(engine, tmp_path, costmodel=cost, batch=batch).shape.size,
+                PromptLookup(engine, "tiny", profile=str(tmp_path / "pld.json"), costmodel=cost, batch=batch).k,
+                eagle(engine, tmp_path, costmodel=cost, batch=batch, profile=str(tmp_path / "eagle.profile.json"))
+                .config["total_tokens"])
+
+    one, eight = sizes(cpu, 1), sizes(cpu, 8)
+    assert all(a > b for a, b in zip(one, eight)), (one, eight)
+    assert sizes(flat, 1) == sizes(flat, 8)
+    plan = firp(engine, tmp_path, costmodel=cpu, batch=8).describe()["plan"]
+    assert plan["costmodel"]["batch_size"] == 8 and plan["costmodel"]["max_n"] == measured["n"][-1] // 8

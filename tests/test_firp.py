@@ -55,6 +55,7 @@ def test_identity_after_last_layer_drafts_the_nodes_own_prediction(engine, tmp_p
     firp = make_firp(engine, tmp_path, layers=(L, L, L), tree="chain")
     cache = engine.new_cache(128)
     prompt = [5, 9, 17, 33, 2, 8]
+    firp.begin([prompt])
     hidden = firp.prefill(torch.tensor([prompt]), cache)
     cache.truncate(len(prompt))
     last = torch.tensor([len(prompt) - 1])

@@ -82,7 +82,7 @@ def prepared(engine, **options):
     candidates (two sharing a prefix) for root 60."""
     method = Lookahead(engine, "tiny", **options)
     cache = engine.new_cache(256)
-    method.begin(PROMPT)
+    method.begin([PROMPT])
     method.prefill(torch.tensor([PROMPT]), cache)
     cache.truncate(len(PROMPT))
     w, n = method.width, method.ngram

@@ -73,7 +73,7 @@ def test_incremental_index_equals_a_rescan_of_the_context(lo, hi):
 # -- the method -----------------------------------------------------------------------------------
 def test_proposal_is_the_root_and_the_lookup_and_accepted_tokens_extend_the_context(engine):
     method = PromptLookup(engine, "tiny", k=3)
-    method.begin([9, 4, 5, 6, 7, 9])
+    method.begin([[9, 4, 5, 6, 7, 9]])
     cache = engine.new_cache(64)
     cache.truncate(6)
     method.observe(torch.zeros(1, 6, 8), None, Step([[5]], [[4]], torch.tensor([5]), torch.tensor([4])))  # the prefill's token
@@ -86,7 +86,7 @@ def test_proposal_is_the_root_and_the_lookup_and_accepted_tokens_extend_the_cont
 
 def test_the_draft_fits_the_cache(engine):
     method = PromptLookup(engine, "tiny", k=10)
-    method.begin([1, 2, 3, 4, 5, 6, 1, 2])  # the pending 2 already committed to the context
+    method.begin([[1, 2, 3, 4, 5, 6, 1, 2]])  # the pending 2 already committed to the context
     cache = engine.new_cache(12)
     cache.truncate(8)  # 4 slots left: the root and 3 drafts
     assert method.propose(torch.tensor([2]), cache).tokens.tolist() == [[2, 3, 4, 5]]

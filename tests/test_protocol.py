@@ -84,9 +84,9 @@ def test_turn_two_is_asked_after_the_baselines_answer(tiny_model_dir, tmp_path, 
     prompts = []
     original = Runner.decode_turn
 
-    def spy(self, method, prompt, rule=None):
-        prompts.append(prompt)
-        return original(self, method, prompt, rule)
+    def spy(self, method, batch, rule=None):
+        prompts.extend(batch)
+        return original(self, method, batch, rule)
 
     monkeypatch.setattr(Runner, "decode_turn", spy)
     monkeypatch.setitem(registry.REGISTRY, "buggy", "test_protocol:PlantedBug")  # its own answers differ

@@ -148,9 +148,9 @@ def test_long_prompts_are_skipped_before_any_work_and_the_warmup_fits(tiny_model
     seen = []
     original = Runner.decode_turn
 
-    def spy(self, method, prompt, rule=None):
-        seen.append(len(prompt))
-        return original(self, method, prompt, rule)
+    def spy(self, method, prompts, rule=None):
+        seen.extend(len(p) for p in prompts)
+        return original(self, method, prompts, rule)
 
     monkeypatch.setattr(Runner, "decode_turn", spy)
     cfg = RunConfig(methods=["ar"], datasets=[f"jsonl:{data}"], model=str(tiny_model_dir), device="cpu",

@@ -65,10 +65,10 @@ def test_a_run_holds_its_lock_while_it_decodes(tiny_model_dir, tmp_path, monkeyp
     out, seen = tmp_path / "run", []
     real = runner_mod.Runner.decode_turn
 
-    def spy(self, method, prompt, rule=None):
+    def spy(self, method, prompts, rule=None):
         if not seen:
             seen.append(run_cli(tiny_model_dir, out, "--resume"))  # a second writer, mid-run
-        return real(self, method, prompt, rule)
+        return real(self, method, prompts, rule)
     monkeypatch.setattr(runner_mod.Runner, "decode_turn", spy)
     assert run_cli(tiny_model_dir, out).exit_code == 0
     assert seen[0].exit_code == 2 and f"pid {os.getpid()}" in seen[0].output
@@ -139,7 +139,7 @@ class Oracle(Method):
         super().__init__(engine, "tiny")
         self.reference, self.k = reference, k
 
-    def begin(self, prompt_ids):
+    def begin(self, prompts):
         self.done = 0
 
     def observe(self, hidden, tree, step):

@@ -42,7 +42,7 @@ def test_run_writes_schema_and_resume_extends_without_duplicates(tiny_model_dir,
     assert len(keys(second)) == len(set(keys(second))) == 6
     assert second[:3] == first
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 3 and manifest["methods"] == ["ar"] and len(manifest["resumes"]) == 1
+    assert manifest["schema_version"] == 4 and manifest["methods"] == ["ar"] and len(manifest["resumes"]) == 1
     assert manifest["samples"] == {"gsm8k": ["0", "1"], "mt-bench": ["81", "91"]}  # stratified: writing, roleplay
 
 
@@ -53,13 +53,13 @@ def test_resume_warms_up_only_datasets_with_turns_left(tiny_model_dir, tmp_path,
     kept = [line for line in lines if json.loads(line)["dataset"] == "gsm8k"]
     (out / "records.jsonl").write_text("\n".join(kept) + "\n")  # MT-bench's two turns to redo
     calls = []
-    real_decode = runner_mod.decode
+    real_decode = runner_mod.decode_batch
 
-    def counted(method, prompt, *a, **kw):
-        calls.append(len(prompt))
-        return real_decode(method, prompt, *a, **kw)
+    def counted(method, prompts, *a, **kw):
+        calls.append(len(prompts))
+        return real_decode(method, prompts, *a, **kw)
 
-    monkeypatch.setattr(runner_mod, "decode", counted)
+    monkeypatch.setattr(runner_mod, "decode_batch", counted)
     Runner(cfg(tiny_model_dir, out, num_samples=1, warmup=True, resume=True), progress=False).run()
     assert len(calls) == 3  # one MT-bench warm-up and its two turns; finished GSM8K is not warmed
     assert len(read_records(out / "records.jsonl")) == 3
@@ -68,7 +68,7 @@ def test_resume_warms_up_only_datasets_with_turns_left(tiny_model_dir, tmp_path,
 def test_interrupt_keeps_records(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_decode = runner_mod.decode
+    real_decode = runner_mod.decode_batch
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -76,11 +76,11 @@ def test_interrupt_keeps_records(tiny_model_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_decode(*a, **kw)
 
-    monkeypatch.setattr(runner_mod, "decode", flaky)
+    monkeypatch.setattr(runner_mod, "decode_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         Runner(cfg(tiny_model_dir, out), progress=False).run()
     assert len(read_records(out / "records.jsonl")) == 2
-    monkeypatch.setattr(runner_mod, "decode", real_decode)
+    monkeypatch.setattr(runner_mod, "decode_batch", real_decode)
     Runner(cfg(tiny_model_dir, out, resume=True), progress=False).run()
     assert len(read_records(out / "records.jsonl")) == 6
 

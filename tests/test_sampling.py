@@ -242,7 +242,7 @@ def test_a_draft_equal_to_the_target_is_always_accepted_when_sampling(engine, tm
 
     path = shallow_checkpoint(engine, tmp_path, tuple(range(engine.num_layers)))
     method = SpS(engine, "tiny", draft=str(path), k=4, sample_drafts=True)
-    rule = Sampling((1.0,), acceptance=acceptance).rule(1.0, 0, "s", 0, "cpu")
+    rule = Sampling((1.0,), acceptance=acceptance).rule(1.0, 0, ["s"], 0, "cpu")
     out = decode(method, PROMPT, 41, set(), engine.new_cache(256), rule)
     assert out.accept_lengths == [1] + [5] * 8
 

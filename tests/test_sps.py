@@ -65,8 +65,9 @@ class CheckedRollback(SpS):
     """After every step, the draft cache's valid slots equal a fresh draft prefill of the
     committed sequence up to there."""
 
-    def begin(self, prompt_ids):
-        self.committed, self.checks = list(prompt_ids), 0
+    def begin(self, prompts):
+        super().begin(prompts)
+        self.committed, self.checks = list(prompts[0]), 0
 
     def observe(self, hidden, tree, step):
         super().observe(hidden, tree, step)
@@ -74,7 +75,7 @@ class CheckedRollback(SpS):
             return
         self.committed += [tree.tokens[0, i].item() for i in step.paths[0]]
         n = self.dcache.length
-        assert n + self._unfed.numel() == len(self.committed)
+        assert n + self._has_unfed[0] == len(self.committed)
         fresh = self.draft.new_cache(self.dcache.max_len)
         self.draft.forward(torch.tensor(self.committed[:n]), torch.arange(n), None, fresh)
         torch.testing.assert_close(self.dcache.buf[..., :n, :], fresh.buf[..., :n, :], atol=1e-5, rtol=1e-5)

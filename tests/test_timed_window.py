@@ -25,7 +25,7 @@ def draft_dir(tmp_path):
 def test_no_cache_is_made_inside_a_run(tiny_model_dir, tmp_path, draft_dir, monkeypatch):
     cfg = RunConfig(methods=["ar-graph", "sps", "pld", "lookahead"], datasets=["mt-bench"], model=str(tiny_model_dir),
                     device="cpu", num_samples=2, max_new_tokens=12, out=tmp_path / "o", telemetry=False,
-                    method_args={"sps": {"draft": str(draft_dir), "k": "2"}, "pld": {"k": "3"}})
+                    method_args={"sps": {"draft": str(draft_dir), "k": "2"}, "pld": {"k": "3"}}, batch_sizes=(1, 2))
     runner = Runner(cfg, progress=False)
     made = []
     real_init = cache_mod.KVCache.__init__
@@ -34,10 +34,10 @@ def test_no_cache_is_made_inside_a_run(tiny_model_dir, tmp_path, draft_dir, monk
         made.append(a)
         real_init(self, *a, **kw)
     monkeypatch.setattr(cache_mod.KVCache, "__init__", counted)
-    target = runner.cache
+    targets = dict(runner.caches)
     runner.run()  # warm-up and two-turn samples: the second turns' prompts hold the first answers
-    assert not made and runner.cache is target
-    assert target.max_len >= runner.longest_prompt() + cfg.max_new_tokens
+    assert not made and runner.caches == targets and sorted(targets) == [1, 2]
+    assert all(t.max_len >= runner.longest_prompt() + cfg.max_new_tokens for t in targets.values())
 
 
 def test_methods_are_built_from_the_validated_options(tiny_model_dir, tmp_path, monkeypatch):

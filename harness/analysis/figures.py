@@ -199,13 +199,15 @@ def _checkpoints_line(manifest: dict, methods) -> str:
 
 
 # -- everything ----------------------------------------------------------------------------
-def one_temperature(summary: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the run's lowest temperature, for the figures drawn per (method, dataset)."""
-    if "temperature" not in summary or summary["temperature"].nunique() < 2:
-        return summary
-    lowest = summary["temperature"].min()
-    note(f"a run at several temperatures: figures other than speedup_by_temperature show T = {lowest:g}")
-    return summary[summary["temperature"] == lowest].reset_index(drop=True)
+def one_setting(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the run's lowest temperature and batch size, for the figures drawn per
+    (method, dataset)."""
+    for column, figure in (("temperature", "speedup_by_temperature"), ("batch_size", "speedup_by_batch_size")):
+        if column in summary and summary[column].nunique() > 1:
+            lowest = summary[column].min()
+            note(f"a run at several values of {column}: figures other than {figure} show {column} = {lowest:g}")
+            summary = summary[summary[column] == lowest].reset_index(drop=True)
+    return summary
 
 
 def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = None,
@@ -213,6 +215,7 @@ def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = 
     """Every figure the inputs allow; returns the files written. A figure whose data is
     missing is skipped with a printed note."""
     from harness.analysis.figures_analysis import ANALYSIS_FIGURES
+    from harness.analysis.figures_batch import by_batch_size
     from harness.analysis.figures_sampling import speedup_by_temperature
 
     out_dir = Path(out_dir)
@@ -224,7 +227,8 @@ def make_all(run_dir: Path | None, out_dir: Path, costmodel_json: Path | None = 
             note(f"{run_dir} holds no decoded records: run figures skipped")
         else:
             written += speedup_by_temperature(summary, manifest, out_dir)
-            summary = one_temperature(summary)
+            written += by_batch_size(summary, manifest, out_dir)
+            summary = one_setting(summary)
             written += speedup_vs_draft(summary, manifest, out_dir)
             written += tau_per_method(summary, manifest, out_dir)
             written += serial_vs_parallel(summary, manifest, out_dir)

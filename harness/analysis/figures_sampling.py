@@ -18,6 +18,8 @@ def speedup_by_temperature(summary: pd.DataFrame, manifest: dict, out_dir: Path)
     if "temperature" not in summary or summary["temperature"].nunique() < 2:
         note("speedup by temperature skipped: the run has one temperature")
         return []
+    if "batch_size" in summary:  # a run at several batch sizes: this figure at the lowest
+        summary = summary[summary["batch_size"] == summary["batch_size"].min()]
     data = summary[summary["method"] != manifest.get("baseline", "ar")][COLUMNS].dropna(subset=["speedup"])
     datasets = list(dict.fromkeys(data["dataset"]))
     temps = sorted(data["temperature"].unique())

@@ -37,6 +37,15 @@ def with_costmodel(names: list[str], method_args: dict, costmodel: str | None) -
     return method_args
 
 
+def at_batch(names: list[str], method_args: dict, size: int) -> dict:
+    """METHOD.batch=size for every method that plans for a batch size, unless given for it."""
+    out = {k: dict(v) for k, v in method_args.items()}
+    for name in names:
+        if size != 1 and any(o.name == "batch" for o in registry.get(name).options):
+            out.setdefault(name, {}).setdefault("batch", str(size))
+    return out
+
+
 def plan_rows(engine: Engine, model_key: str, names: list[str], method_args: dict, costmodel: str = "") -> list[dict]:
     """One row per method: its plan record (its options' values when nothing was auto)."""
     rows = []
@@ -54,7 +63,7 @@ def render(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if "predicted_speedup" in r:
-            unit = "baseline steps" if "overhead_per_step" in r else "c(1)"
+            unit = "baseline steps" if "overhead_per_step" in r else f"c({r['costmodel'].get('batch_size', 1)})"
             lines.append(f"{r['method']:<12} predicted {r['predicted_speedup']:.2f}x  "
                          f"({r['tokens_per_step']:.2f} tokens/step at {r['cost_per_step']:.2f} {unit})  {r['chosen']}")
             if r.get("note"):

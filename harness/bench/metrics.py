@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness.bench.data import extract_number
+from harness.bench.records_io import SETTINGS
 
 BOOTSTRAP_ROUNDS = 2000
 NO_GROUP = "(none)"  # the `by` group of records without a value (report --by category on data without categories)
@@ -112,8 +113,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     if df.empty:
         return df
     df["tokens_per_s"] = df["new_tokens"] / df["wall_time"]
-    if "temperature" in df:
-        df["temperature"] = df["temperature"].fillna(0.0)
+    for column, default in SETTINGS.items():
+        df[column] = df[column].fillna(default) if column in df else default
+    df["group"] = df["group"].fillna(df["sample_id"]) if "group" in df else df["sample_id"]
     if "category" not in df:
         df["category"] = None
     return df
@@ -189,22 +191,57 @@ def _syncs_per_step(g: pd.DataFrame) -> float:
 
 
 def pairs_of(df: pd.DataFrame, method: str, keys: dict, baseline: str) -> pd.DataFrame:
-    """The (method, baseline) turn pairs of one group: cluster = sample, tps, tps_base. A pair is
-    two records of one session (one process): a method is never paired with a baseline timed
-    by another process."""
+    """The (method, baseline) turn pairs of one group of records: cluster = the batch's group of
+    samples (the sample itself at batch size 1), tps = the batch's tokens/s (all its sequences'
+    tokens over its one wall time), tps_base the same of the baseline. A pair is two decodes of
+    one session (one process): a method is never paired with a baseline timed by another process."""
     sel = np.logical_and.reduce([_equals(df[k], v) for k, v in keys.items()] + [np.ones(len(df), bool)])
-    m, b = df[sel & (df.method == method)], df[sel & (df.method == baseline)]
-    on = ["sample_id", "turn"] + [c for c in ("temperature", "session") if c in df]
-    joined = m.merge(b[[*on, "tokens_per_s"]], on=on, suffixes=("", "_base"))
-    return pd.DataFrame({"cluster": joined["sample_id"], "tps": joined["tokens_per_s"],
+    on = ["group", "turn", *SETTINGS] + (["session"] if "session" in df else [])
+    m, b = (_batches(df[sel & (df.method == name)], on) for name in (method, baseline))
+    joined = m.merge(b, on=on, suffixes=("", "_base"))
+    return pd.DataFrame({"cluster": joined["group"], "tps": joined["tokens_per_s"],
                          "tps_base": joined["tokens_per_s_base"]})
 
 
+def _batches(df: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """One row per decoded batch: its tokens/s (summed tokens over the batch's wall time)."""
+    if df.empty:
+        return pd.DataFrame(columns=[*on, "tokens_per_s"])
+    g = df.groupby(on, sort=False, dropna=False).agg(tokens=("new_tokens", "sum"), wall=("wall_time", "max"))
+    return g.assign(tokens_per_s=g["tokens"] / g["wall"])[["tokens_per_s"]].reset_index()
+
+
+def latency(g: pd.DataFrame) -> dict:
+    """Throughput (committed tokens per second over all sequences of a batch: the ratio of sums
+    over the group's batches) and time per output token of each sequence (TPOT: from its first
+    token to its last, per token after the first; mean and p90 over sequences)."""
+    on = ["group", "turn", *SETTINGS] + (["session"] if "session" in g else [])
+    batches = g.groupby(on, sort=False, dropna=False).agg(tokens=("new_tokens", "sum"), wall=("wall_time", "max"))
+    throughput = float(batches["tokens"].sum() / batches["wall"].sum()) if len(batches) else math.nan
+    if "finish_time" not in g or "prefill_time" not in g:
+        return {"throughput": throughput, "tpot_ms": math.nan, "tpot_p90_ms": math.nan, "idle_share": math.nan}
+    ok = g["finish_time"].notna() & g["prefill_time"].notna() & (g["new_tokens"] > 1)
+    tpot = 1000 * (g.loc[ok, "finish_time"] - g.loc[ok, "prefill_time"]) / (g.loc[ok, "new_tokens"] - 1)
+    return {"throughput": throughput, "tpot_ms": _mean(tpot),
+            "tpot_p90_ms": float(np.percentile(tpot, 90)) if len(tpot) else math.nan, "idle_share": _idle_share(g)}
+
+
+def _idle_share(g: pd.DataFrame) -> float:
+    """The share of decoding rows spent on sequences that had already finished (a batch steps
+    on until its last sequence stops)."""
+    if "idle_rows" not in g:
+        return math.nan
+    ok = g["idle_rows"].notna()
+    idle = g.loc[ok, "idle_rows"].sum()
+    busy = sum(sum(decode_steps(p)) for p in g.loc[ok, "positions"] if isinstance(p, list))
+    return float(idle / (idle + busy)) if idle + busy > 0 else math.nan
+
+
 def grouping(df: pd.DataFrame, by: tuple[str, ...]) -> tuple[str, ...]:
-    """The `by` columns, with temperature added when the records hold more than one (a run at
-    several temperatures is never summarised across them)."""
-    several = "temperature" in df and df["temperature"].fillna(0.0).nunique() > 1
-    return (*by, "temperature") if several and "temperature" not in by else tuple(by)
+    """The `by` columns, with each run setting (temperature, batch size) added when the records
+    hold more than one value of it (a run is never summarised across them)."""
+    several = [c for c in SETTINGS if c in df and df[c].nunique() > 1 and c not in by]
+    return (*by, *several)
 
 
 def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -222,7 +259,7 @@ def summarize(records: list[dict], baseline: str = "ar", seed: int = 0, by: tupl
         where = dict(zip(keys, group))
         pairs = pairs_of(df, method, where, baseline)
         rows.append({"method": method, **where, "n": len(pairs), "records": len(g),
-                     "tokens_per_s": float(g["tokens_per_s"].mean()),
+                     "tokens_per_s": float(g["tokens_per_s"].mean()), **latency(g),
                      **cluster_bootstrap(pairs, seed), **acceptance(g),
                      "draft_size": _mean(_decode_steps(g.get("draft_sizes", []))),
                      "positions": _mean(_decode_steps(g.get("positions", []))),

@@ -24,6 +24,7 @@ def make_record(key: tuple, sample: Sample, out: Decoded, wall: float, telemetry
         "method": method, "dataset": dataset, "sample_id": sample_id, "turn": turn,
         "category": sample.category, "order": order,
         "new_tokens": len(out.output_ids), "wall_time": wall, "prefill_time": out.prefill_time,
+        "finish_time": out.finish_time, "idle_rows": out.idle_rows,
         "forwards": len(out.accept_lengths) if out.accept_lengths else None,
         "accept_lengths": out.accept_lengths, "draft_sizes": out.draft_sizes, "positions": out.positions,
         "accepted": out.accepted, "draft_forwards": out.draft_forwards, "syncs": out.syncs, "prefill_syncs": out.prefill_syncs,

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from harness.bench.results import ResultsError
 
-Key = tuple[str, str, str, int, float]
+Key = tuple[str, str, str, int, float, int]
+SETTINGS = {"temperature": 0.0, "batch_size": 1}  # a run's settings: each value its own set of pairs
 NUMBER, INT, STR, BOOL, LIST, DICT = "number", "int", "str", "bool", "list of ints", "object"
 RECORD_TYPES: dict[str, str] = {
     "method": STR, "dataset": STR, "sample_id": STR, "turn": INT, "category": STR, "order": INT,
@@ -30,20 +31,32 @@ RECORD_TYPES: dict[str, str] = {
     "draft_forwards": INT, "syncs": INT, "prefill_syncs": INT, "host_reads": INT, "output_ids": LIST,
     "output_text": STR, "lossless": BOOL, "diverge_at": INT, "divergence": DICT, "rouge2": NUMBER,
     "correct": BOOL, "telemetry": DICT, "prompt_tokens": INT, "stop": STR, "temperature": NUMBER,
-    "acceptance": STR,
+    "acceptance": STR, "batch_size": INT, "group": STR, "group_size": INT, "finish_time": NUMBER, "idle_rows": INT,
 }
 REQUIRED = ("method", "dataset", "sample_id", "turn")
 MEASURED = ("new_tokens", "wall_time")  # required of every record that is not a skip
 
 
 def key_of(record: dict) -> Key:
-    """(method, dataset, sample, turn, temperature): unique in a run (greedy records made before
-    sampling existed hold no temperature: 0)."""
-    return record["method"], record["dataset"], record["sample_id"], record["turn"], temperature_of(record)
+    """(method, dataset, sample, turn, temperature, batch size): unique in a run (records made
+    before sampling or batches existed hold neither: 0 and 1)."""
+    return (record["method"], record["dataset"], record["sample_id"], record["turn"], *setting_of(record))
 
 
-def temperature_of(record: dict) -> float:
-    return float(record.get("temperature") or 0.0)
+def setting_of(record: dict) -> tuple[float, int]:
+    """(temperature, batch size) of a record."""
+    return float(record.get("temperature") or 0.0), int(record.get("batch_size") or 1)
+
+
+def group_of(record: dict) -> str:
+    """The batch a record's sequence was decoded in (`group`: its samples' ids joined by '+'; a
+    sample alone at batch size 1)."""
+    return record.get("group") or record["sample_id"]
+
+
+def group_size(record: dict) -> int:
+    """How many sequences the record's batch holds at its turn (`group_size`; 1 at batch size 1)."""
+    return int(record.get("group_size") or 1)
 
 
 def _fits(value, kind: str) -> bool:
@@ -111,18 +124,24 @@ def unique(records: list[dict], path: Path) -> list[dict]:
 
 
 def complete_turns(records: list[dict], names: list[str]) -> tuple[list[dict], list[Key]]:
-    """The records of turns every method in `names` has decoded, without the later turns of a
-    sample after an incomplete one; and the (dataset, sample, turn, count) of each dropped turn."""
+    """The records of turns every method in `names` has decoded for every sequence of the turn's
+    batch, without the later turns of a batch after an incomplete one; and the (dataset, batch,
+    turn, methods) of each dropped turn."""
     by_turn: dict[tuple, set] = {}
+    unit = lambda r: (r["dataset"], group_of(r), *setting_of(r))
+    size: dict[tuple, int] = {}
     for r in records:
-        by_turn.setdefault((r["dataset"], r["sample_id"], temperature_of(r), r["turn"]), set()).add(r["method"])
-    first_gap: dict[tuple, int] = {}  # (dataset, sample, temperature) -> its first incomplete turn
-    for (dataset, sample, temp, turn), methods in by_turn.items():
-        if not set(names) <= methods:
-            first_gap[(dataset, sample, temp)] = min(turn, first_gap.get((dataset, sample, temp), turn))
-    late = lambda d, s, temp, t: t >= first_gap.get((d, s, temp), math.inf)  # noqa: E731
-    kept = [r for r in records if not late(r["dataset"], r["sample_id"], temperature_of(r), r["turn"])]
-    dropped = sorted({(d, s, t, len(m)) for (d, s, temp, t), m in by_turn.items() if late(d, s, temp, t)})
+        by_turn.setdefault((*unit(r), r["turn"]), set()).add((r["method"], r["sample_id"]))
+        size[(*unit(r), r["turn"])] = group_size(r)
+    first_gap: dict[tuple, int] = {}  # (dataset, batch, temperature, batch size) -> its first incomplete turn
+    for (*where, turn), done in by_turn.items():
+        members = {s for _, s in done}
+        if len(members) < size[(*where, turn)] or not all((m, s) in done for m in names for s in members):
+            first_gap[tuple(where)] = min(turn, first_gap.get(tuple(where), turn))
+    late = lambda r: r["turn"] >= first_gap.get(unit(r), math.inf)
+    kept = [r for r in records if not late(r)]
+    dropped = sorted({(w[0], w[1], t, len({m for m, _ in d})) for (*w, t), d in by_turn.items()
+                      if t >= first_gap.get(tuple(w), math.inf)})
     return kept, dropped
 
 

@@ -97,18 +97,20 @@ def _check(r: pd.Series, n: pd.Series, margin: float) -> list[str]:
     return out
 
 
-def per_temperature(summary: pd.DataFrame) -> pd.DataFrame:
-    """A run at several temperatures compared per temperature: its datasets labelled 'gsm8k (T=1)'."""
-    if summary.empty or "temperature" not in summary:
-        return summary
-    labels = [f"{d} (T={t:g})" for d, t in zip(summary["dataset"], summary["temperature"])]
-    return summary.assign(dataset=labels)
+def per_setting(summary: pd.DataFrame) -> pd.DataFrame:
+    """A run at several temperatures or batch sizes compared per value: its datasets labelled
+    'gsm8k (T=1)', 'gsm8k (B=4)'."""
+    for column, tag in (("temperature", "T"), ("batch_size", "B")):
+        if not summary.empty and column in summary:
+            labels = [f"{d} ({tag}={v:g})" for d, v in zip(summary["dataset"], summary[column])]
+            summary = summary.assign(dataset=labels)
+    return summary
 
 
 def compare(run_dir: Path, ref_dir: Path, margin: float = DEFAULT_MARGIN) -> Comparison:
     ref_manifest, _ = load_run(ref_dir)
     new_manifest, _ = load_run(run_dir)
-    ref, new = (per_temperature(summary_of(d)[0]) for d in (ref_dir, run_dir))
+    ref, new = (per_setting(summary_of(d)[0]) for d in (ref_dir, run_dir))
     if ref.empty:
         raise ValueError(f"reference {ref_dir} holds no decoded records")
     new_index = {(m, d): row for (m, d), row in new.set_index(["method", "dataset"]).iterrows()} if not new.empty else {}

@@ -17,6 +17,7 @@ from harness.bench.metrics import (
     control_holds,
     control_reach,
 )
+from harness.bench.records_io import SETTINGS
 from harness.bench.runner import summary_of
 from harness.bench.validate import CONTROL
 
@@ -57,6 +58,10 @@ def table(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
             "accepted at 1/2/3/4": _rates(r["accept_rate"]), "draft": _fmt(r["draft_size"], ".1f"),
             "positions/fwd": _fmt(r["positions"], ".1f"), "syncs/step": _fmt(r.get("syncs_per_step"), ".2f"),
             "tok/s": _fmt(r["tokens_per_s"], ".1f"),
+            **({"throughput": _fmt(r["throughput"], ".1f"),
+                "TPOT ms (p90)": f"{_fmt(r['tpot_ms'], '.1f')} ({_fmt(r['tpot_p90_ms'], '.1f')})",
+                "idle rows": _fmt(100 * r["idle_share"], ".0f") + ("%" if not math.isnan(r["idle_share"]) else "")}
+               if "batch_size" in by else {}),
             "Rouge-2 / acc": _fmt(quality, ".3f"),
             "lossless": "-" if math.isnan(r["lossless_rate"]) else f"{100 * r['lossless_rate']:.0f}%",
             "ties / mismatches": f"{r['ties']} / {r['mismatches']}",
@@ -113,7 +118,7 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     if predicted and not summary.empty:
         summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
                                                     for m, d in zip(summary["method"], summary["dataset"])])
-    shown = by + tuple(c for c in ("temperature",) if c in summary and c not in by)  # never across temperatures
+    shown = by + tuple(c for c in SETTINGS if c in summary and c not in by)  # never across temperatures or batch sizes
     text = table(summary, shown).to_markdown(index=False) if not summary.empty else "(no decoded records)"
     notes = control_verdicts(summary, shown) + ungrouped(summary, by)
     if skipped:

@@ -12,8 +12,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 3  # 2: order, category, divergence; lossless null without a reference;
+SCHEMA_VERSION = 4  # 2: order, category, divergence; lossless null without a reference;
 #                    3: `accepted` holds the prefill (0) first like every per-forward list; `syncs` replaces `host_reads`
+#                    4: batch_size, group, group_size, finish_time, idle_rows (records of older schemas read as batch size 1)
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 RECORD_FIELDS = ("method", "dataset", "sample_id", "turn", "category", "order", "new_tokens", "wall_time",
                  "prefill_time", "forwards", "accept_lengths", "draft_sizes", "positions", "accepted",

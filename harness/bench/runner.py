@@ -1,18 +1,16 @@
-"""Benchmark runs: methods x datasets x samples, paired timing, one record per turn.
+"""Benchmark runs: methods x datasets x samples (x temperatures x batch sizes), paired timing,
+one record per sequence and turn.
 
-The protocol (README "How a run works"): per sample, every method (the baseline, the A/A
-control when asked for, every other method) decodes each turn back to back, in a seeded
-permutation of the methods recorded in each record (`order`), after an untimed warm-up of
-every method on an unmeasured item of each dataset at the full budget. Turn t of every method
-is asked after the baseline's answers to turns < t, so each pair times the same prompt. A
-turn's records are written once every method has decoded it: then losslessness is known, and
-a divergence is diagnosed (harness/bench/divergence.py).
+The protocol (README "How a run works"): per group of samples (one sample at batch size 1,
+harness/bench/batches.py), every method (the baseline, the A/A control when asked for, every
+other method) decodes each turn back to back, in a seeded permutation of the methods recorded in
+each record (`order`), after an untimed warm-up of every method on an unmeasured item of each
+dataset at the full budget and each batch size. The turns themselves: harness/bench/turns.py.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import time
 import uuid
 from pathlib import Path
@@ -21,10 +19,9 @@ import torch
 from tqdm import tqdm
 
 import methods as registry
-from harness.bench import metrics, rundir
+from harness.bench import batches, metrics, rundir
+from harness.bench.batches import batchable
 from harness.bench.data import Sample, chat_prompt
-from harness.bench.divergence import diagnose
-from harness.bench.records import make_record, skipped_record
 from harness.bench.records_io import RecordWriter, load_run
 from harness.bench.results import base_manifest, write_json
 from harness.bench.telemetry import (
@@ -33,21 +30,18 @@ from harness.bench.telemetry import (
     telemetry_info,
     telemetry_kind,
 )
+from harness.bench.turns import Turns, permutation
 from harness.bench.validate import CACHE_SLACK, RunConfig, ValidRun, validate
 from harness.core.cache import KVCache
-from harness.core.decoding import Decoded, decode, synchronize
+from harness.core.decoding import Decoded, decode_batch, synchronize
 from harness.core.engine import Engine
 from harness.core.method import Method
 from harness.core.modelload import load_model
+from harness.core.options import Options
 
-__all__ = ["RunConfig", "Runner", "summary_of", "permutation"]
+__all__ = ["RunConfig", "Runner", "permutation", "summary_of"]
 
 ANSWER_SLACK = 16  # tokens an answer may gain when its text is tokenised again inside the next prompt
-
-
-def permutation(names: list[str], seed: int, dataset: str, sample_id: str) -> list[str]:
-    """The seeded order in which a sample's methods decode (the same for every turn)."""
-    return random.Random(f"{seed}:{dataset}:{sample_id}").sample(names, len(names))
 
 
 class Runner:
@@ -60,14 +54,31 @@ class Runner:
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype)
         self.engine = Engine(self.lm.model)
         self.names = self.valid.names
-        self.methods: dict[str, Method] = {n: registry.get(n)(self.engine, self.lm.key, options=self.valid.options[n])
-                                           for n in self.names}  # options as validated: resolved once
+        self.by_size: dict[int, dict[str, Method]] = {}  # per batch size: shapes planned for it
+        for size in cfg.batch_sizes:
+            self.by_size[size] = {n: self._build(n, size) for n in self.names}
+        self.methods = self.by_size[cfg.batch_sizes[0]]
         self.out, self.lock = rundir.create(cfg.out, cfg.overwrite)  # only once everything could be built
         self.session = uuid.uuid4().hex[:12]  # this process's records: a pair is never split across sessions
         self.eos = self._eos_ids()
         self.kind = telemetry_kind(self.lm.device) if cfg.telemetry else "off"
         self.telemetry = TelemetrySource(self.kind, self.lm.device) if self.kind != "off" else None  # NVML once per run
-        self.cache: KVCache = self._cache_for(self.longest_prompt())  # every cache sized before any timing
+        self.caches: dict[int, KVCache] = {}  # per batch size
+        for size in cfg.batch_sizes:
+            self._cache_for(self.longest_prompt(), size)  # every cache sized before any timing
+        self.turns = Turns(self)
+
+    def _build(self, name: str, size: int) -> Method:
+        """A method for batch size `size`, from its validated options (resolved once): one that
+        plans an `auto` draft shape plans it for that many sequences (its `batch` option, unless
+        given); the others are one object for every batch size."""
+        options, cls = self.valid.options[name], registry.get(name)
+        plans = "batch" in options and "batch" not in options.given and cls.batchable
+        if self.by_size and not plans:
+            return next(iter(self.by_size.values()))[name]
+        values = Options({**options, "batch": size}) if plans else options
+        values.given = options.given
+        return cls(self.engine, self.lm.key, options=values)
 
     def longest_prompt(self) -> int:
         """The longest prompt any turn of the run can have within the model's context: its turns,
@@ -101,6 +112,7 @@ class Runner:
         now.update({"request": self.valid.request, "model": self.cfg.model, "model_key": self.lm.key,
                     "model_source": self.lm.source, "dtype": self.lm.dtype, "device": self.lm.device,
                     "methods": self.names, "method_configs": {n: self.methods[n].describe() for n in self.names},
+                    "batch_sizes": list(self.cfg.batch_sizes), "method_configs_by_batch": self.planned_by_size(),
                     "datasets": list(self.valid.samples), "num_samples": self.cfg.num_samples,
                     "samples": samples,
                     "warmup_items": {d: (s.sample_id if s else None) for d, s in self.valid.warmup.items()},
@@ -113,17 +125,25 @@ class Runner:
                     "warmup": self.cfg.warmup, "session": self.session})
         return now
 
-    def _cache_for(self, length: int) -> KVCache:
-        """A target cache for a prompt of `length` tokens, and every method's own caches and
-        graphs sized for it (made once for the run's longest prompt; only a prompt longer than
-        that foresaw makes new ones, and never inside a timed turn)."""
+    def planned_by_size(self) -> dict[str, dict]:
+        """batch size -> method -> describe(), for the methods whose shape was planned for it
+        (those built anew for a batch size after the first)."""
+        first = self.methods
+        return {str(size): {n: m.describe() for n, m in made.items() if m is not first[n]}
+                for size, made in self.by_size.items() if made is not first}
+
+    def _cache_for(self, length: int, batch: int = 1) -> KVCache:
+        """A target cache of `batch` sequences for prompts of up to `length` tokens, and every
+        method's own caches and graphs sized for it (made once per batch size for the run's
+        longest prompt; only a prompt longer than that foresaw makes new ones, and never inside a
+        timed turn)."""
         need = length + self.cfg.max_new_tokens + CACHE_SLACK
-        cache = getattr(self, "cache", None)
+        cache = self.caches.get(batch)
         if cache is None or cache.max_len < need:
-            cache = self.engine.new_cache(-(-need // 512) * 512)
-            for method in self.methods.values():
-                if not getattr(method, "external", False):
-                    method.prepare(cache)
+            cache = self.caches[batch] = self.engine.new_cache(-(-need // 512) * 512, batch)
+        for method in self.by_size.get(batch, self.methods).values():
+            if not getattr(method, "external", False) and (batch == 1 or method.batchable):
+                method.prepare(cache)  # a no-op once sized for this cache
         return cache
 
     def fits(self, prompt: list[int]) -> str | None:
@@ -133,46 +153,54 @@ class Runner:
             return f"prompt of {len(prompt)} tokens + budget {self.cfg.max_new_tokens} exceeds context {limit}"
         return None
 
-    def decode_turn(self, method: Method, prompt: list[int], rule=None) -> tuple[Decoded, float, dict]:
-        """One timed decode (device synchronised around it), with telemetry over exactly the
-        timed window when enabled. Nothing is allocated or captured inside it."""
-        self.cache = self._cache_for(len(prompt))
+    def decode_turn(self, method: Method, prompts: list[list[int]], rule=None) -> tuple[list[Decoded], float, dict]:
+        """One timed decode of a batch of prompts (device synchronised around it), with telemetry
+        over exactly the timed window when enabled. Nothing is allocated or captured inside it."""
+        external = getattr(method, "external", False)
+        if not external:
+            cache = self._cache_for(max(map(len, prompts)), len(prompts))
+            method.prepare(cache)  # untimed: graphs made over this cache if another one was used last
         probe = Telemetry(source=self.telemetry) if self.telemetry else None
         synchronize(self.lm.device)
         t0 = probe.start() if probe else time.perf_counter()
-        if getattr(method, "external", False):
-            out = method.generate(prompt, self.cfg.max_new_tokens, self.eos, rule)
+        if external and len(prompts) > 1:
+            outs = method.generate_batch(prompts, self.cfg.max_new_tokens, self.eos, rule)
+        elif external:
+            outs = [method.generate(prompts[0], self.cfg.max_new_tokens, self.eos, rule)]
         else:
-            out = decode(method, prompt, self.cfg.max_new_tokens, self.eos, self.cache, rule)
+            outs = decode_batch(method, prompts, self.cfg.max_new_tokens, self.eos, cache, rule)
         synchronize(self.lm.device)
         t1 = probe.stop() if probe else time.perf_counter()
-        return out, t1 - t0, (probe.result if probe else {})
+        return outs, t1 - t0, (probe.result if probe else {})
 
-    def pending(self, items: list[Sample], done: dict) -> bool:
-        """Whether any turn of these samples still lacks a record (a resumed run warms up only
-        the datasets it still decodes). Turns after a skipped first turn are never decoded."""
+    def pending(self, items: list[Sample], done: dict, size: int) -> bool:
+        """Whether any turn of these samples at batch size `size` still lacks a record (a resumed
+        run warms up only what it still decodes). Turns after a skipped first turn are never decoded."""
         for sample in items:
             for temp in self.cfg.sampling.temperatures:
-                first = done.get((registry.BASELINE, sample.dataset, sample.sample_id, 0, temp))
+                first = done.get((registry.BASELINE, sample.dataset, sample.sample_id, 0, temp, size))
                 turns = 1 if first and first.get("skipped") else len(sample.turns)
-                if any((name, sample.dataset, sample.sample_id, turn, temp) not in done
+                if any((name, sample.dataset, sample.sample_id, turn, temp, size) not in done
                        for name in self.names for turn in range(turns)):
                     return True
         return False
 
-    def warm_up(self, bar, done: dict) -> None:
-        """Every method once per dataset with turns to decode, at the full budget, on an
-        unmeasured item that fits (the first measured one when the dataset has no other), untimed."""
+    def warm_up(self, bar, done: dict, size: int) -> None:
+        """Every method once per dataset with turns to decode at batch size `size`, at the full
+        budget, on `size` copies of an unmeasured item that fits (the first measured one when the
+        dataset has no other), untimed."""
         for dataset, items in self.valid.samples.items():
-            if not self.pending(items, done):
+            if not self.pending(items, done, size):
                 continue
             spare = self.valid.warmup[dataset]
             for sample in ([spare] if spare else []) + items:
                 prompt = chat_prompt(self.lm.tokenizer, sample.turns[:1], [])
                 if self.fits(prompt) is None:
                     for name, temp in itertools.product(self.names, self.cfg.sampling.temperatures):
-                        bar.set_postfix_str(f"warm-up {dataset} {name} T={temp:g}")
-                        self.decode_turn(self.methods[name], prompt, self.rule(name, temp, sample, 0))
+                        if size == 1 or batchable(self.by_size[size][name]):
+                            bar.set_postfix_str(f"warm-up {dataset} B={size} {name} T={temp:g}")
+                            self.decode_turn(self.by_size[size][name], [prompt] * size,
+                                             self.rule(name, temp, [sample] * size, 0))
                     break
 
     def run(self) -> Path:
@@ -188,84 +216,23 @@ class Runner:
         writer = RecordWriter(self.out / "records.jsonl", self.names)
         try:
             total = sum(len(s.turns) for v in self.valid.samples.values() for s in v) * len(self.names) \
-                * len(self.cfg.sampling.temperatures)
+                * len(self.cfg.sampling.temperatures) * len(self.cfg.batch_sizes)
             with tqdm(total=total, desc="decoding", unit="turn", disable=not self.progress) as bar:
-                if self.cfg.warmup:
-                    self.warm_up(bar, writer.done)
-                for items in self.valid.samples.values():
-                    for sample in items:
-                        self._run_sample(sample, writer, bar)
+                for size in self.cfg.batch_sizes:
+                    if self.cfg.warmup:
+                        self.warm_up(bar, writer.done, size)
+                    for items in self.valid.samples.values():
+                        for group in batches.groups(items, size):
+                            self.turns.run_group(group, size, writer, bar)
         finally:
             writer.close()
 
-    def rule(self, name: str, temperature: float, sample: Sample, turn: int):
-        """The acceptance rule of one method's turn at one temperature (made before timing)."""
+    def rule(self, name: str, temperature: float, samples: list[Sample], turn: int):
+        """The acceptance rule of one method's turn of a batch at one temperature (made before timing)."""
         method = self.methods[name]
         drafts = method.drafts and not getattr(method, "external", False)
-        return self.cfg.sampling.rule(temperature, self.cfg.seed, sample.sample_id, turn, self.lm.device, drafts,
-                                      typical=method.config.get("acceptance") == "typical")
-
-    def acceptance_of(self, name: str, rule) -> str:
-        """What decided a record's tokens: greedy, exact, rejection, typical, or generate() (a peer's own)."""
-        sampled = getattr(rule, "params", None) is not None
-        return "generate" if sampled and getattr(self.methods[name], "external", False) else rule.name
-
-    def _run_sample(self, sample: Sample, writer: RecordWriter, bar) -> None:
-        """The sample's turns at every temperature; turn t asked after the baseline's answers (at
-        that temperature) to the earlier turns."""
-        order = permutation(self.names, self.cfg.seed, sample.dataset, sample.sample_id)
-        for temp in self.cfg.sampling.temperatures:
-            answers: list[str] = []
-            for turn in range(len(sample.turns)):
-                prompt = chat_prompt(self.lm.tokenizer, sample.turns[: turn + 1], answers)
-                done = self._run_turn(sample, turn, temp, prompt, order, writer, bar)
-                base = done[registry.BASELINE]
-                if base.get("skipped"):
-                    bar.update(len(self.names) * (len(sample.turns) - turn - 1))
-                    break
-                answers.append(base["output_text"])
-
-    def _run_turn(self, sample: Sample, turn: int, temp: float, prompt: list[int], order: list[str],
-                  writer: RecordWriter, bar) -> dict[str, dict]:
-        """Every method on one turn, in `order`; new records written once all are known."""
-        done, fresh = {}, []
-        reason = self.fits(prompt)
-        for position, name in enumerate(order):
-            key = (name, sample.dataset, sample.sample_id, turn, temp)
-            if key in writer.done:  # resumed: reuse what was written
-                done[name] = writer.done[key]
-            elif reason:
-                done[name] = {**skipped_record(key[:4], reason, sample.category), "temperature": temp}
-                fresh.append(name)
-            else:
-                bar.set_postfix_str(f"{sample.dataset} #{sample.sample_id} t{turn} T={temp:g} {name}")
-                rule = self.rule(name, temp, sample, turn)
-                out, wall, tel = self.decode_turn(self.methods[name], prompt, rule)
-                done[name] = {**make_record(key[:4], sample, out, wall, tel, self.lm.tokenizer, len(prompt), position),
-                              "temperature": temp, "acceptance": self.acceptance_of(name, rule)}
-                fresh.append(name)
-            bar.update(1)
-        self._judge(done, fresh, prompt, temp, self.rule(registry.BASELINE, temp, sample, turn))
-        for name in fresh:
-            writer.write({**done[name], "session": self.session})
-        return done
-
-    def _judge(self, done: dict[str, dict], fresh: list[str], prompt: list[int], temp: float, rule) -> None:
-        """Losslessness of the new records against the baseline's output of the same turn (where
-        it must hold token for token), and a diagnosis of each divergence under the baseline's
-        rule (one extra untimed forward)."""
-        reference = done[registry.BASELINE].get("output_ids")
-        for name in fresh:
-            rec = done[name]
-            method = self.methods[name]
-            compared = self.cfg.sampling.compared(temp, getattr(method, "external", False), method.drafts,
-                                                  method.config.get("acceptance") == "typical")
-            if rec.get("skipped") or name == registry.BASELINE or reference is None or not compared:
-                continue
-            at = metrics.first_divergence(rec["output_ids"], reference)
-            rec["lossless"], rec["diverge_at"] = at is None, at
-            if at is not None:
-                rec["divergence"] = diagnose(self.engine, prompt, reference, rec["output_ids"], at, rule)
+        return self.cfg.sampling.rule(temperature, self.cfg.seed, [s.sample_id for s in samples], turn,
+                                      self.lm.device, drafts, typical=method.config.get("acceptance") == "typical")
 
 
 def summary_of(out: Path, by: tuple[str, ...] = ()):

@@ -61,22 +61,24 @@ class Sampling:
     def params(self, temperature: float) -> SamplingParams:
         return SamplingParams(temperature, self.top_k, self.top_p)
 
-    def rule(self, temperature: float, seed: int, sample: str, turn: int, device, drafts: bool = True,
+    def rule(self, temperature: float, seed: int, samples: list[str], turn: int, device, drafts: bool = True,
              typical: bool = False):
-        """The rule of one turn of one method (made before the turn is timed): greedy at T = 0;
-        else exact, rejection for a method that drafts when the run asks for it, or typical for a
-        method that asks for it (medusa.acceptance=typical)."""
+        """The rule of one turn of one method over a batch of samples (made before the turn is
+        timed; each sequence keyed by its own sample): greedy at T = 0; else exact, rejection for a
+        method that drafts when the run asks for it, or typical for a method that asks for it
+        (medusa.acceptance=typical)."""
         if temperature == 0.0:
             return Greedy()
-        keys = [turn_key(seed, sample, turn, stream) for stream in (0, ACCEPT_STREAM, RESIDUAL_STREAM, DRAFT_STREAM)]
-        target, accept, residual, draft = (device_keys([k], device) for k in keys)
+        streams = (0, ACCEPT_STREAM, RESIDUAL_STREAM, DRAFT_STREAM)
+        keys = [[turn_key(seed, sample, turn, stream) for sample in samples] for stream in streams]
+        target, accept, residual, draft = (device_keys(k, device) for k in keys)
         if typical:
             rule = Typical(self.params(temperature), target)
         elif self.acceptance == "rejection" and drafts:
             rule = Rejection(self.params(temperature), target, accept, residual)
         else:
             rule = Exact(self.params(temperature), target)
-        rule.draft_keys, rule.seed_key = draft, keys[0]  # a draft's own stream; the key on the host (peers)
+        rule.draft_keys, rule.seed_key = draft, keys[0][0]  # a draft's own stream; the key on the host (peers)
         return rule
 
     def compared(self, temperature: float, external: bool, drafts: bool, typical: bool = False) -> bool:

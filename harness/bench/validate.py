@@ -40,6 +40,7 @@ class RunConfig:
     warmup: bool = True
     control: bool = False
     sampling: Sampling = field(default_factory=Sampling)
+    batch_sizes: tuple[int, ...] = (1,)  # each its own set of pairs (--batch-size)
 
 
 @dataclass
@@ -76,6 +77,12 @@ def check_numbers(cfg: RunConfig) -> None:
     problem = cfg.sampling.check()
     if problem:
         raise DataError(problem)
+    sizes = ",".join(map(str, cfg.batch_sizes))
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes) or len(set(cfg.batch_sizes)) < len(cfg.batch_sizes):
+        raise DataError(f"--batch-size {sizes}: distinct batch sizes, each at least 1")
+    if list(cfg.batch_sizes) != sorted(cfg.batch_sizes):
+        raise DataError(f"--batch-size {sizes}: give them in increasing order (batch 1 first: the baseline at "
+                        "B > 1 is checked against its own output at B = 1)")
 
 
 def check_methods(cfg: RunConfig, names: list[str]) -> dict[str, Options]:
@@ -129,7 +136,8 @@ def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
     return {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype, "methods": names,
             "method_options": options, "datasets": list(dict.fromkeys(cfg.datasets)),
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
-            "control": cfg.control, **sampling_request(cfg.sampling)}
+            "control": cfg.control, **sampling_request(cfg.sampling),
+            **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {})}
 
 
 def sampling_request(sampling: Sampling) -> dict:

@@ -29,19 +29,29 @@ from harness.core.modelload import DEFAULT_MODEL, model_key
 @click.option("--methods", "methods_", default=None,
               help="Comma-separated methods (default: every method that plans a draft shape and has its weights).")
 @click.option("--method-arg", "method_args", multiple=True, metavar="NAME.KEY=VALUE", help="Method option (repeatable).")
-def plan(model, device, dtype, costmodel, methods_, method_args) -> None:
-    """Each method's planned draft shape and predicted speedup over autoregressive decoding."""
-    from harness.analysis.plans import plan_rows, render
+@click.option("--batch-size", "batch_size", default="1", show_default=True,
+              help="Plan for batches of this many sequences (a step of n rows each costs c(B n)/c(B)), or several "
+                   "comma-separated: one plan per batch size, as `run --batch-size` plans them.")
+def plan(model, device, dtype, costmodel, methods_, method_args, batch_size) -> None:
+    """Each method's planned draft shape and predicted speedup over autoregressive decoding (at
+    the same batch size)."""
+    from harness.analysis.plans import at_batch, plan_rows, render
+    from harness.bench.batches import batch_sizes
     from harness.core.engine import Engine
     from harness.core.modelload import load_model
 
     try:
+        sizes = batch_sizes(batch_size)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"--batch-size {batch_size}: each at least 1")
         names, args = _plan_inputs(model, costmodel, methods_, method_args)
         lm = load_model(model, device, dtype)
-        rows = plan_rows(Engine(lm.model), lm.key, names, args, str(costmodel or ""))
+        engine = Engine(lm.model)
+        texts = [render(plan_rows(engine, lm.key, names, at_batch(names, args, b), str(costmodel or "")))
+                 for b in sizes]
     except (*USER_ERRORS, ValueError) as err:
         fail(err)
-    click.echo(render(rows))
+    click.echo("\n\n".join(f"batch size {b}:\n{t}" if len(sizes) > 1 else t for b, t in zip(sizes, texts)))
 
 
 def _plan_inputs(model: str, costmodel: Path | None, methods_: str | None,

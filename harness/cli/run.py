@@ -78,16 +78,20 @@ def setup() -> None:
               help="Under T > 0: exact (every method reproduces the baseline's sample; lossless checked) or "
                    "rejection (speculative sampling's rule for drafts drawn from q: lossless in distribution, "
                    "lossless null in records).")
+@click.option("--batch-size", "batch_size", default="1", show_default=True,
+              help="Sequences decoded together, or several comma-separated in increasing order, e.g. 1,4,8 (each "
+                   "its own set of pairs: a method at batch B against ar at batch B on the same group of samples).")
 @click.option("--costmodel", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Cost-model JSON every method plans its auto draft shape for (METHOD.costmodel; e.g. the "
                    "reference machine's, so that planning is the same on every machine). Default: this machine's.")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
         overwrite, seed, data_source, no_telemetry, no_warmup, control, temperature, top_k, top_p, acceptance,
-        costmodel) -> None:
+        batch_size, costmodel) -> None:
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
     from harness.analysis.plans import with_costmodel
+    from harness.bench.batches import batch_sizes
     from harness.bench.report import report
     from harness.bench.runner import RunConfig, Runner
     from harness.bench.sampled import Sampling, temperatures
@@ -101,7 +105,8 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
                         method_args=args, out=out, resume=resume, overwrite=overwrite,
                         telemetry=not no_telemetry, warmup=not no_warmup, control=control,
-                        sampling=Sampling(temperatures(temperature), top_k, top_p, acceptance))
+                        sampling=Sampling(temperatures(temperature), top_k, top_p, acceptance),
+                        batch_sizes=batch_sizes(batch_size))
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)
@@ -119,9 +124,9 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--by", type=click.Choice(["category", "temperature"]), default=None,
-              help="Break each dataset down by category (MT-bench, Spec-Bench, jsonl with `category`) or by "
-                   "temperature (a run at several is always shown per temperature).")
+@click.option("--by", type=click.Choice(["category", "temperature", "batch_size"]), default=None,
+              help="Break each dataset down by category (MT-bench, Spec-Bench, jsonl with `category`), by "
+                   "temperature or by batch size (a run at several of either is always shown per value).")
 def report_cmd(run_dir: Path, by: str | None) -> None:
     """Method x dataset table of a run (also written as summary.md and summary.csv)."""
     from harness.bench.report import report

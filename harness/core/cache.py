@@ -108,6 +108,14 @@ class KVCache:
     def reset(self) -> None:
         self.truncate(0)
 
+    def set_lengths(self, lengths: list[int]) -> None:
+        """Every sequence's committed length set (after a right-padded prefill)."""
+        if len(set(lengths)) == 1:
+            self.truncate(lengths[0])
+        else:
+            for b, length in enumerate(lengths):
+                self.set_length(b, length)
+
     def set_length(self, b: int, length: int) -> None:
         """Sequence b's committed length set to `length` (its rollback; the others are untouched)."""
         self.lengths[b:b + 1].fill_(length)  # a fill: no copy from the host

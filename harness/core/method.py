@@ -45,6 +45,7 @@ class Step:
     next: torch.Tensor  # [B] the target's next token: the new pending token
     on_path: torch.Tensor | None = None  # [B, n] bool, the accepted nodes (None after a prefill or a plain step)
     extra: list[list[int]] | None = None  # host: the method's extra_read(), read with the step
+    drafted: list[int] | None = None  # host: draft tokens verified per sequence (padding left out)
 
     def rows(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, n, d] -> [B, d]: each sequence's row of its deepest accepted node."""
@@ -147,17 +148,19 @@ class Method:
 
     # -- the decoding hooks ------------------------------------------------------------------
     drafts: ClassVar[bool] = True  # False: one row per step through `step` (no tree, no acceptance walk)
+    batchable: ClassVar[bool] = True  # False: decodes one sequence at a time (its drafting state is per turn)
 
     def prepare(self, cache: KVCache) -> None:
         """Size what the method keeps beside the target's cache (a draft model's or head's cache,
         captured graphs) for cache.max_len positions. Called before any timed turn (and again by
         decode, where it must be a no-op once sized): nothing is allocated inside a timed turn."""
 
-    def begin(self, prompt_ids: list[int]) -> None:
-        """A turn starts: the prompt as host ids, before its prefill (no device read needed)."""
+    def begin(self, prompts: list[list[int]]) -> None:
+        """A turn starts: each sequence's prompt as host ids, before the prefill (no device read)."""
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Target forward over the prompt. ids: [B, P] -> hidden [B, P, d] (pre final norm)."""
+        """Target forward over the prompts, right-padded to one length. ids: [B, P] -> hidden
+        [B, P, d] (pre final norm); the loop then sets each sequence's length to its own."""
         positions = cache.lengths[:, None] + cache.arange(ids.shape[1])  # [B, P]
         return self.engine.forward(ids, positions, None, cache)
 

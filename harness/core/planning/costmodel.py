@@ -276,11 +276,48 @@ class CostModel:
         value = self.data.get("overheads", {}).get(key)
         return None if value is None else float(value)
 
+    def at_batch(self, batch: int) -> "CostModel | BatchCost":
+        """The costs of a step of `batch` sequences in units of the baseline's step at that batch
+        size (itself when batch is 1): BatchCost."""
+        return self if batch == 1 else BatchCost(self, batch)
+
     def describe(self) -> dict:
         keep = ("model", "device", "dtype", "hardware", "created")
         note = {"machine_note": self.machine_note} if self.machine_note else {}
         return {"path": shown_path(self.path), "source": "given" if self.given else "cache",
                 **{k: self.data[k] for k in keep if k in self.data}, "max_n": self.max_n, **note}
+
+
+class BatchCost:
+    """A cost model seen from a batch of B sequences: a step of n rows per sequence costs
+    c(B n) / c(B), the baseline's step at batch B being the unit (so shapes are planned against
+    `ar` at the same batch size). Draft operations are taken to grow with B as the target does
+    (their cost in units of the step is kept); a loop's per-step overhead is a fixed time, so in
+    units of c(B) it shrinks by c(1)/c(B). Shapes past the measured rows (B n > n_max) are unknown."""
+
+    def __init__(self, cost: CostModel, batch: int):
+        self.cost, self.batch, self.path = cost, batch, cost.path
+        self.unit = cost.ratio(batch)  # c(B)/c(1)
+        if not math.isfinite(self.unit):
+            raise CostModelError(f"{shown_path(cost.path)}: batch size {batch} is past the {cost.max_n} rows it "
+                                 "measured (`spec-harness costmodel --n` measures more)")
+
+    @property
+    def max_n(self) -> int:
+        return self.cost.max_n // self.batch
+
+    def ratio(self, n: float) -> float:
+        return self.cost.ratio(self.batch * n) / self.unit
+
+    def draft(self, key: str, probe: Callable[[], Callable[[], object]]) -> float | None:
+        return self.cost.draft(key, probe)
+
+    def overhead(self, key: str) -> float | None:
+        value = self.cost.overhead(key)
+        return None if value is None else value / self.unit
+
+    def describe(self) -> dict:
+        return {**self.cost.describe(), "batch_size": self.batch, "max_n": self.max_n}
 
 
 def write(path: Path, data: dict) -> None:

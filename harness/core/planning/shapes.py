@@ -34,6 +34,8 @@ PLANNING_OPTIONS = (
                                    "results/costmodel/*.json); empty = this machine's, measured once and cached"),
     Option("profile", "file", "", "acceptance profile JSON for `auto` (default: the method's own, "
                                  "from `spec-harness tune profile`)"),
+    Option("batch", "int", 1, "sequences per batch `auto` plans for: a step of n rows each costs c(B n)/c(B) "
+                              "(run --batch-size sets it per batch size)", low=1),
 )
 FAMILIES = {"tree": ("paths", "p"), "chain": ("drafted_at_least", "accepted_at_least"), "grid": ("points",)}
 
@@ -79,7 +81,7 @@ def plan_shape(method, family: str, fallback: tuple[Any, str],
                                  f"{method.name}`): static default")
     try:
         cost = costmodel.for_engine(method.engine, method.model_key, method.config.get("costmodel", ""),
-                                    f"{method.name}'s auto draft shape")
+                                    f"{method.name}'s auto draft shape").at_batch(method.config.get("batch", 1))
     except costmodel.CostModelError as err:
         raise MethodError(f"{method.name}.costmodel: {err}") from None
     try:
