@@ -62,6 +62,7 @@ def test_pairs_are_made_per_batch_and_the_report_shows_each_batch_size(batched_r
     assert list(pld["n"]) == [6, 4]  # 3 samples x 2 turns alone; 2 groups x 2 turns in pairs at B = 2
     assert (pld["throughput"] > 0).all() and (pld["tpot_ms"] > 0).all()
     assert "batch_size" in output and "throughput" in output and "TPOT ms (p90)" in output
+    assert "2 cluster(s) (samples, or batches of samples): fewer than 5" in output  # B = 2: two groups, not judged
     res = CliRunner().invoke(main, ["report", str(out), "--by", "batch_size"])
     assert res.exit_code == 0 and "batch_size" in res.output.splitlines()[0]
 

@@ -29,6 +29,7 @@ from harness.bench.records_io import SETTINGS
 BOOTSTRAP_ROUNDS = 2000
 NO_GROUP = "(none)"  # the `by` group of records without a value (report --by category on data without categories)
 CONTROL_RESOLUTION = 0.03  # an A/A control holds when its 95% interval lies inside 1 +- this
+MIN_CLUSTERS = 5  # fewer clusters (samples, or groups of a batch) give no interval worth judging
 
 
 def control_reach(low: float, high: float) -> float:
@@ -83,7 +84,7 @@ def cluster_bootstrap(pairs: pd.DataFrame, seed: int = 0, rounds: int = BOOTSTRA
     pairs: columns cluster, tps (method tokens/s), tps_base. Returns speedup (ratio of mean
     tokens/s) and speedup_median (median of per-turn ratios), each with ci_low / ci_high."""
     nan = {k: math.nan for k in ("speedup", "speedup_ci_low", "speedup_ci_high", "speedup_median",
-                                 "median_ci_low", "median_ci_high")}
+                                 "median_ci_low", "median_ci_high")} | {"clusters": 0}
     if pairs.empty:
         return nan
     codes, clusters = pd.factorize(pairs["cluster"])
@@ -100,7 +101,8 @@ def cluster_bootstrap(pairs: pd.DataFrame, seed: int = 0, rounds: int = BOOTSTRA
     lo, hi = np.percentile(means, [2.5, 97.5])
     mlo, mhi = np.percentile(medians, [2.5, 97.5])
     return {"speedup": float(tps.mean() / base.mean()), "speedup_ci_low": float(lo), "speedup_ci_high": float(hi),
-            "speedup_median": float(np.median(ratio)), "median_ci_low": float(mlo), "median_ci_high": float(mhi)}
+            "speedup_median": float(np.median(ratio)), "median_ci_low": float(mlo), "median_ci_high": float(mhi),
+            "clusters": len(clusters)}
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:

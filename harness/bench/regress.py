@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.bench.metrics import CONTROL_RESOLUTION, control_holds
+from harness.bench.metrics import CONTROL_RESOLUTION, MIN_CLUSTERS, control_holds
 from harness.bench.records_io import load_run
 from harness.bench.runner import summary_of
 from harness.bench.validate import CONTROL
@@ -149,9 +149,12 @@ def _control_failures(summary: pd.DataFrame) -> list[str]:
     if summary.empty:
         return []
     rows = summary[summary["method"] == CONTROL]
-    return [f"{r.dataset}: control speedup {r.speedup:.3f} [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}] "
+    wide = [f"{r.dataset}: control speedup {r.speedup:.3f} [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}] "
             f"reaches beyond 1.00 +- {CONTROL_RESOLUTION:g}: the run cannot time itself" for r in rows.itertuples()
             if not control_holds(r.speedup_ci_low, r.speedup_ci_high)]
+    few = [f"{r.dataset}: control interval from {r.clusters} cluster(s), fewer than {MIN_CLUSTERS}: not one to judge by"
+           for r in rows.itertuples() if getattr(r, "clusters", MIN_CLUSTERS) < MIN_CLUSTERS]
+    return wide + few
 
 
 def render(cmp: Comparison, margin: float) -> str:

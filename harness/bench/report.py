@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.bench.metrics import (
     CONTROL_RESOLUTION,
+    MIN_CLUSTERS,
     NO_GROUP,
     control_holds,
     control_reach,
@@ -78,6 +79,9 @@ def control_verdicts(summary: pd.DataFrame, by: tuple[str, ...] = ()) -> list[st
         holds = control_holds(r["speedup_ci_low"], r["speedup_ci_high"])
         verdict = "ok" if holds else (f"FLAGGED: the interval reaches beyond 1.00 +- {CONTROL_RESOLUTION:g}, this run "
                                       "cannot time the methods")
+        if r.get("clusters", MIN_CLUSTERS) < MIN_CLUSTERS:
+            verdict = (f"FLAGGED: {r['clusters']} cluster(s) (samples, or batches of samples): fewer than "
+                       f"{MIN_CLUSTERS}, the interval is not one to judge by")
         where = " / ".join(str(r[k]) for k in ("dataset", *by))
         lines.append(f"A/A control {where}: {_interval(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])}"
                      f" ({verdict})")
