@@ -175,9 +175,10 @@ class SpS(UsesDraft, Method):
         cache, c = self.dcache, ids.shape[1]
         h = self.draft.forward(ids, cache.lengths[:, None] + cache.arange(c), None, cache)  # [B, c, d]
         self.engine.count_draft()
-        if counts is None or len(set(counts)) == 1:
-            cache.advance(counts[0] if counts else c)
-            return self.draft.logits(h[:, (counts[0] if counts else c) - 1])
+        counts = counts or [c] * ids.shape[0]
+        if len(set(counts)) == 1:
+            cache.advance(counts[0])
+            return self.draft.logits(h[:, counts[0] - 1])
         for b, n in enumerate(counts):
             cache.set_length(b, cache.seen[b] + n)
         last = self.engine.upload([n - 1 for n in counts])  # [B]

@@ -74,9 +74,10 @@ class Runner:
         given); the others are one object for every batch size."""
         options, cls = self.valid.options[name], registry.get(name)
         plans = "batch" in options and "batch" not in options.given and cls.batchable
-        if self.by_size and not plans:
-            return next(iter(self.by_size.values()))[name]
-        values = Options({**options, "batch": size}) if plans else options
+        if not plans:
+            first = next(iter(self.by_size.values()), {}).get(name)
+            return first or cls(self.engine, self.lm.key, options=options)
+        values = Options({**options, "batch": size})
         values.given = options.given
         return cls(self.engine, self.lm.key, options=values)
 

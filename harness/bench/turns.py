@@ -83,8 +83,9 @@ class Turns:
         if batch.size > 1 and not batchable(method):
             reasons = {sid: ONE_AT_A_TIME for sid in reasons}
             fit = []
+        decoded = {batch.samples[i].sample_id for i in fit}
         for s in batch.samples:
-            if s.sample_id not in {batch.samples[i].sample_id for i in fit}:
+            if s.sample_id not in decoded:
                 records[s.sample_id] = {**skipped_record((name, s.dataset, s.sample_id, batch.turn),
                                                          reasons[s.sample_id], s.category), **batch.fields()}
         if fit:
