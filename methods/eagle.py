@@ -26,7 +26,10 @@ own KV cache, then grows the dynamic tree (methods/eagle_tree.py), one head forw
 level over the top_k frontier rows, written past the committed slots; the next step overwrites
 them, so the head cache is rolled back to the accepted path for free. Head forwards per step:
 `depth`. Host reads: none; the frontier choice, the rerank and the tree mask stay on the device,
-so the loop's one read per step is all.
+so the loop's one read per step is all. In a batch every sequence has its own head-cache length
+(the target's); the committed rows are padded to the most any sequence committed (padding is
+written past a sequence's committed slots, where no real row looks), and every sequence grows a
+tree of the same shape.
 
 depth and total_tokens = auto (the defaults) plan them for the hardware from the head's grid
 profile (tokens per step, rows per forward and head forwards per step measured at each (depth,
@@ -49,7 +52,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from harness.core.cache import KVCache
 from harness.core.checkpoint import shown_path
 from harness.core.drafter import frozen_module, load_frozen
-from harness.core.engine import Context, Engine
+from harness.core.engine import Context, Engine, region_mask
 from harness.core.method import AUTO, Method, MethodError, Option, Step
 from harness.core.planning.costmodel import DEFAULT_PREFIX
 from harness.core.planning.shapes import (
@@ -102,9 +105,9 @@ class EagleHead(nn.Module):
     def config(self) -> dict:
         return {**self.shapes, "loss": self.loss_weights}
 
-    def new_cache(self, max_len: int, device, dtype) -> KVCache:
+    def new_cache(self, max_len: int, device, dtype, batch: int = 1) -> KVCache:
         attn = self.layers[0].self_attn
-        return KVCache(1, 1, attn.config.num_key_value_heads, attn.head_dim, max_len, dtype, device)
+        return KVCache(1, batch, attn.config.num_key_value_heads, attn.head_dim, max_len, dtype, device)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return (self.embed_tokens if self.shapes["embedding"] else self._frozen[0])(tokens)
@@ -178,7 +181,6 @@ class Eagle(Method):
     )
     profile_family = "grid"
     profile_grid = PROFILE_GRID
-    batchable = False  # the head's cache and features are kept for one sequence
 
     @classmethod
     def validate(cls, config: dict) -> None:
@@ -194,8 +196,10 @@ class Eagle(Method):
             per_forward = lambda cost: draft_cost(cost, self.draft_cost_key(), self.draft_probe)  # noqa: E731
             self.config.update(grid_point(self, fixed, STATIC, per_forward))
             check_sizes(self.config)
-        self._cache: KVCache | None = None
-        self._feats = self._tokens = self._prompt = None
+        self._caches: dict[int, KVCache] = {}  # the head's cache per batch size
+        self._cache: KVCache | None = None  # the one of the current turn
+        self._feats = self._tokens = self._prompt = None  # [B, a, d], [B, a - 1], [B, P]
+        self._counts: list[int] = []  # per sequence: rows committed since the head last ran
 
     def describe(self) -> dict:
         out = super().describe()
@@ -226,52 +230,77 @@ class Eagle(Method):
         return op
 
     def prepare(self, cache: KVCache) -> None:
-        """The head's own cache: the target's positions plus the rows of a draft tree."""
+        """The head's own cache, one per batch size: the target's positions plus a draft tree's rows."""
         room = cache.max_len + self.config["depth"] * self.config["top_k"]
-        if self._cache is None or self._cache.max_len < room:
-            self._cache = self.head.new_cache(room, self.engine.device, self.engine.dtype)
+        have = self._caches.get(cache.batch)
+        if have is None or have.max_len < room:
+            self._caches[cache.batch] = self.head.new_cache(room, self.engine.device, self.engine.dtype, cache.batch)
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         self.prepare(cache)
+        self._cache = self._caches[cache.batch]
         self._cache.reset()
-        self._prompt = ids  # [1, P]
+        self._prompt = ids  # [B, P], right-padded
         return super().prefill(ids, cache)
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
-        """Keep the features of the newly committed rows and their next tokens (but the pending
-        token, which propose() receives). hidden: [1, n, d]; one sequence."""
-        if tree is None:  # the prompt: every row
-            self._feats, self._tokens = self.engine.norm(hidden[0, : step.paths[0][-1] + 1]), self._prompt[0, 1:]
+        """Keep the features of each sequence's newly committed rows and their next tokens (but the
+        pending token, which propose() receives), padded to the most rows. hidden: [B, n, d]."""
+        self._counts = [len(p) if tree is not None else p[-1] + 1 for p in step.paths]  # rows per sequence
+        top = max(self._counts)
+        if tree is None:  # the prompts: every row
+            self._feats, self._tokens = self.engine.norm(hidden[:, :top]), self._prompt[:, 1:top]
             return
-        rows = path_rows(step.on_path[0], len(step.paths[0]))  # [a] the path's nodes, on the device
-        self._feats, self._tokens = self.engine.norm(hidden[0].index_select(0, rows)), tree.tokens[0].index_select(0, rows[1:])
+        rows = path_rows(step.on_path, top)  # [B, top] each path's nodes first, on the device
+        d = hidden.shape[-1]
+        self._feats = self.engine.norm(hidden.gather(1, rows[:, :, None].expand(-1, -1, d)))  # [B, top, d]
+        self._tokens = tree.tokens.gather(1, rows[:, 1:])  # [B, top - 1]
 
     def _head(self, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, offset: int,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One head forward of rows at head-cache slots length + offset + i -> outputs [n, d]."""
+        """One head forward of rows [B, n] at head-cache slots lengths[b] + offset + i -> outputs [B, n, d]."""
         ctx = self.engine.context(positions, None, self._cache, offset=offset, full_mask=mask)
         self.engine.count_draft()
-        return self.head(feats[None], tokens[None], ctx)[0]
+        return self.head(feats, tokens, ctx)
+
+    def _commit(self, pending: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The head over each sequence's rows committed since the last step (their features, next
+        tokens: accepted drafts and the pending token) -> [B, d] its output at the last of them."""
+        hc, counts = self._cache, self._counts
+        top = max(counts)
+        new = torch.cat([self._tokens, pending[:, None]], dim=1)  # [B, top] tokens t + 1 of those rows
+        positions = hc.lengths[:, None] + hc.arange(top)  # [B, top]
+        if min(counts) == top:
+            out = self._head(self._feats, new, positions, 0)  # [B, top, d]
+            hc.follow(cache)  # each sequence's head rows 0 .. C_b - 1 now hold real features
+            return out[:, -1]
+        last = self.engine.upload([c - 1 for c in counts])[:, None]  # [B, 1] each sequence's last real row
+        out = self._head(self._feats, new.scatter(1, last, pending[:, None]), positions, 0)  # padding rows past it
+        hc.follow(cache)  # (a finished sequence's too: its cache is frozen, the head's with it)
+        return out.gather(1, last[:, :, None].expand(-1, 1, out.shape[-1]))[:, 0]
 
     def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
-        eng, hc, C = self.engine, self._cache, cache.length
+        """pending: [B]. Each sequence's committed rows into the head, then its tree grown level by
+        level over its top_k frontier rows (rows at head slots C_b + level * top_k + i)."""
+        hc, B = self._cache, pending.shape[0]
         depth, k = self.config["depth"], self.config["top_k"]
-        new = torch.cat([self._tokens, pending])  # [a] tokens t + 1 of the rows committed since the last step
-        out = self._head(self._feats, new, hc.lengths + hc.arange(C - hc.length), 0)  # [a, d]
-        hc.advance(C - hc.length)  # committed: head rows 0 .. C-1 now hold real features
-        draft = DraftTree(pending, torch.log_softmax(self.head.lm_head(out[-1]).float(), -1), k)
-        hidden = out[-1:].expand(k, -1)  # [k, d] the frontier's input features
-        seen = torch.eye(k, dtype=torch.bool, device=eng.device)  # [k, k*(level+1)] draft rows each sees
+        out = self._commit(pending, cache)  # [B, d]
+        draft = DraftTree(pending, torch.log_softmax(self.head.lm_head(out).float(), -1), k)
+        hidden = out[:, None].expand(B, k, -1)  # [B, k, d] the frontier's input features
+        eye = torch.eye(k, dtype=torch.bool, device=self.engine.device).expand(B, k, k)
+        seen = eye  # [B, k, k * (level + 1)] the draft rows each frontier row sees
         for level in range(depth - 1):
-            mask = torch.cat([seen.new_ones(k, C), seen], dim=1)[None, None]
-            positions = hc.lengths + level  # [1] broadcast over the k frontier rows
-            out = self._head(hidden, draft.frontier_tokens, positions.expand(k), level * k, mask)  # [k, d]
-            rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))
-            hidden, seen = out[rows], torch.cat([seen[rows], torch.eye(k, dtype=torch.bool, device=eng.device)], 1)
+            mask = region_mask(hc, seen) if len(set(hc.seen)) > 1 else \
+                torch.cat([seen.new_ones(B, k, hc.length), seen], dim=2)[:, None]
+            positions = (hc.lengths[:, None] + level).expand(B, k)  # [B, k]
+            out = self._head(hidden, draft.frontier_tokens, positions, level * k, mask)  # [B, k, d]
+            rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))[:, :, None]  # [B, k, 1]
+            hidden = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
+            seen = torch.cat([seen.gather(1, rows.expand(-1, -1, seen.shape[2])), eye], dim=2)
         return draft.tree(self.config["total_tokens"])
 
 
 def path_rows(on_path: torch.Tensor, count: int) -> torch.Tensor:
-    """[n] bool accepted nodes -> [count] their indices, ascending, without reading the device
-    (count is known on the host)."""
-    return torch.argsort((~on_path).to(torch.int8), stable=True)[:count]
+    """[B, n] bool accepted nodes -> [B, count] each sequence's accepted indices first, ascending,
+    without reading the device (count, the most accepted, is known on the host)."""
+    return torch.argsort((~on_path).to(torch.int8), dim=-1, stable=True)[..., :count]

@@ -10,6 +10,9 @@ root), EAGLE-2's estimate of the chance that the target accepts it.
   its parent (a log-probability is <= 0) and is drafted after it, so a stable descending sort
   lists every parent before its children, even on ties: the kept set holds every kept node's
   parent, and kept in drafting order it is stored parents-first, as Tree requires.
+
+Every sequence of a batch grows its own tree of the same shape (top_k per level, `total` kept),
+so a batch's trees need no padding.
 """
 
 from __future__ import annotations
@@ -20,67 +23,72 @@ from harness.core.tree import Tree
 
 
 class DraftTree:
-    """Candidates of one drafting step; candidate 0 is the root (the pending token)."""
+    """Candidates of one drafting step for B sequences; candidate 0 is the root (the pending token)."""
 
     def __init__(self, root: torch.Tensor, logp: torch.Tensor, top_k: int):
-        """root: [1] pending token; logp: [V] draft log-probabilities of the root's child."""
-        top = logp.topk(top_k)
+        """root: [B] pending tokens; logp: [B, V] draft log-probabilities of each root's child."""
+        top = logp.topk(top_k, dim=-1)
+        B, dev = root.shape[0], root.device
         self.top_k, self.count = top_k, 1 + top_k
-        self._tokens, self._scores = [root, top.indices], [top.values]  # scores: of candidates 1..
-        self._parents = [torch.full((1,), -1, device=root.device), torch.zeros_like(top.indices)]
-        self.frontier = torch.arange(1, top_k + 1, device=root.device)  # [k] candidate ids
-        self.frontier_scores, self.frontier_tokens = top.values, top.indices  # [k], [k]
+        self._tokens, self._scores = [root[:, None], top.indices], [top.values]  # [B, *]; scores: of candidates 1..
+        self._parents = [torch.full((B, 1), -1, device=dev), torch.zeros_like(top.indices)]
+        self.frontier = torch.arange(1, top_k + 1, device=dev).expand(B, top_k)  # [B, k] candidate ids
+        self.frontier_scores, self.frontier_tokens = top.values, top.indices  # [B, k], [B, k]
         self.levels = 1
 
     def grow(self, logp: torch.Tensor) -> torch.Tensor:
-        """logp: [k, V] draft log-probabilities after each frontier node. Adds its top_k children
-        per frontier node, moves the frontier to the best top_k of them; returns [k] the frontier
-        row each new frontier node descends from."""
-        k = self.top_k
-        top = logp.topk(k, dim=-1)
-        scores = (self.frontier_scores[:, None] + top.values).view(-1)  # [k*k] cumulative
-        ids = self.count + torch.arange(k * k, device=logp.device)  # [k*k] their candidate ids
-        self._tokens.append(top.indices.view(-1))
+        """logp: [B, k, V] draft log-probabilities after each frontier node. Adds its top_k
+        children per frontier node, moves the frontier to the best top_k of them; returns [B, k]
+        the frontier row each new frontier node descends from."""
+        k, B = self.top_k, logp.shape[0]
+        top = logp.topk(k, dim=-1)  # [B, k, k]
+        scores = (self.frontier_scores[:, :, None] + top.values).view(B, k * k)  # [B, k*k] cumulative
+        tokens = top.indices.view(B, k * k)
+        self._tokens.append(tokens)
         self._scores.append(scores)
-        self._parents.append(self.frontier.repeat_interleave(k))
+        self._parents.append(self.frontier.repeat_interleave(k, dim=1))
+        best = scores.topk(k, dim=-1).indices  # [B, k]
+        self.frontier, self.frontier_scores = self.count + best, scores.gather(1, best)
+        self.frontier_tokens = tokens.gather(1, best)
         self.count += k * k
         self.levels += 1
-        best = scores.topk(k).indices  # [k]
-        self.frontier, self.frontier_scores = ids[best], scores[best]
-        self.frontier_tokens = top.indices.view(-1)[best]
         return best // k
 
     @property
     def scores(self) -> torch.Tensor:
-        """[count] cumulative draft log-probability of every candidate (the root's: 0)."""
-        return torch.cat([self._scores[0].new_zeros(1), *self._scores])
+        """[B, count] cumulative draft log-probability of every candidate (the roots': 0)."""
+        return torch.cat([self._scores[0].new_zeros(self._scores[0].shape[0], 1), *self._scores], dim=1)
 
     @property
     def parents(self) -> torch.Tensor:
-        """[count] parent candidate of every candidate (the root's: -1)."""
-        return torch.cat(self._parents)
+        """[B, count] parent candidate of every candidate (the roots': -1)."""
+        return torch.cat(self._parents, dim=1)
 
     def select(self, total: int) -> torch.Tensor:
-        """[total + 1] the root and the `total` most confident candidates, ascending (parents first)."""
-        order = torch.sort(torch.cat(self._scores), descending=True, stable=True).indices[:total]
-        return torch.cat([order.new_zeros(1), order.sort().values + 1])
+        """[B, total + 1] the root and the `total` most confident candidates, ascending (parents first)."""
+        order = torch.sort(torch.cat(self._scores, dim=1), dim=1, descending=True, stable=True).indices[:, :total]
+        return torch.cat([order.new_zeros(order.shape[0], 1), order.sort(dim=1).values + 1], dim=1)
 
     def tree(self, total: int) -> Tree:
-        """The selected candidates as a Tree (node i = the i-th kept candidate)."""
-        keep = self.select(total)
-        node_of = torch.zeros(self.count, dtype=torch.long, device=keep.device)
-        node_of[keep] = torch.arange(keep.numel(), device=keep.device)
-        parents = self.parents[keep]  # [n] candidate ids; -1 for the root
-        parents = torch.where(parents < 0, parents, node_of[parents.clamp(min=0)])
-        return tree_from_parents(torch.cat(self._tokens)[keep], parents, self.levels)
+        """The selected candidates as a Tree [B, total + 1] (node i = the i-th kept candidate)."""
+        keep = self.select(total)  # [B, n]
+        B, n = keep.shape
+        node_of = torch.zeros(B, self.count, dtype=torch.long, device=keep.device)
+        node_of.scatter_(1, keep, torch.arange(n, device=keep.device).expand(B, n))
+        parents = self.parents.gather(1, keep)  # [B, n] candidate ids; -1 for the roots
+        parents = torch.where(parents < 0, parents, node_of.gather(1, parents.clamp(min=0)))
+        return tree_from_parents(torch.cat(self._tokens, dim=1).gather(1, keep), parents, self.levels)
 
 
 def tree_from_parents(tokens: torch.Tensor, parents: torch.Tensor, depth: int) -> Tree:
-    """One sequence's Tree ([1, n]) built on the device: parents [n] (parents[0] = -1, parents[i] < i) of a tree at
-    most `depth` deep; the ancestor mask grows one generation per round."""
-    n = tokens.numel()
-    up = parents.clamp(min=0)  # the root is its own parent here, which adds nothing
-    mask = torch.eye(n, dtype=torch.bool, device=tokens.device)
+    """A batch of trees ([B, n]; or one sequence's, [n]) built on the device: parents (parents[., 0]
+    = -1, parents[., i] < i) of trees at most `depth` deep; the ancestor mask grows one generation
+    per round."""
+    if tokens.dim() == 1:
+        tokens, parents = tokens[None], parents[None]
+    B, n = tokens.shape
+    up = parents.clamp(min=0)[:, :, None].expand(B, n, n)  # the root is its own parent here, which adds nothing
+    mask = torch.eye(n, dtype=torch.bool, device=tokens.device).expand(B, n, n)
     for _ in range(depth):
-        mask = mask | mask[up]
-    return Tree(tokens[None], parents[None], (mask.sum(dim=1) - 1)[None], mask[None])
+        mask = mask | mask.gather(1, up)
+    return Tree(tokens, parents, mask.sum(dim=2) - 1, mask)

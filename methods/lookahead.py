@@ -19,7 +19,8 @@ Warm-up (as the paper's code): level 0 starts as W + N - 3 prompt tokens (seeded
 step until the window is full adds the outputs as a new level and drops one column from every
 level, so the levels stay aligned with the advancing root. The window always advances by one
 position per step, however many tokens were accepted (the paper's default). The pool is reset
-for every decoded turn.
+for every decoded turn. In a batch each sequence has its own window and pool (the windows
+advance together, so they share one shape) and its own trie, padded to the largest.
 
 preset = auto (the default, when no size is given) plans (W, N, G) for the hardware from the
 model's grid profile (tokens per step and rows per forward measured at each grid point).
@@ -185,7 +186,6 @@ class Lookahead(Method):
     )
     profile_family = "grid"
     profile_grid = PROFILE_GRID
-    batchable = False  # one Jacobi window and n-gram pool per turn
 
     PRESETS = PRESETS
 
@@ -206,11 +206,12 @@ class Lookahead(Method):
         if self.config["preset"] == AUTO and not any(k in self.config.given for k in SIZES):
             self.config.update(grid_point(self, {}, dict(zip(SIZES, (self.width, self.ngram, self.guess)))))
             self.width, self.ngram, self.guess = (self.config[k] for k in SIZES)
-        self.pool = NGramPool(self.guess)
-        self.window: Window | None = None
+        self.pools: list[NGramPool] = []  # per sequence
+        self.windows: list[Window] = []  # per sequence, all of one shape (they advance together)
         self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._outputs: torch.Tensor | None = None  # [1, C] the newest level's guesses of the last forward
-        self._root = self._prev_root = -1  # the pending token; the root of the forward just verified
+        self._outputs: torch.Tensor | None = None  # [B, C] the newest level's guesses of the last forward
+        self._roots: list[int] = []  # per sequence: the pending token
+        self._prev_roots: list[int] = []  # per sequence: the root of the forward just verified
 
     def describe(self) -> dict:
         out = super().describe()
@@ -219,26 +220,30 @@ class Lookahead(Method):
 
     # -- the decoding hooks ------------------------------------------------------------------
     def begin(self, prompts: list[list[int]]) -> None:
-        """A new turn: empty pool, level 0 seeded from the prompt's tokens (host ids: no read)."""
-        (prompt_ids,) = prompts  # one sequence: the window and pool are per turn
-        seeds = random.Random(0).choices(prompt_ids, k=self.width + self.ngram - 3)
-        self.window, self.pool = Window(self.width, self.ngram, seeds), NGramPool(self.guess)
+        """A new turn: per sequence an empty pool and level 0 seeded from its prompt's tokens
+        (host ids: no read)."""
+        seeds = [random.Random(0).choices(p, k=self.width + self.ngram - 3) for p in prompts]
+        self.windows = [Window(self.width, self.ngram, s) for s in seeds]
+        self.pools = [NGramPool(self.guess) for _ in prompts]
         self._outputs = None
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
-        """The pending token for the next trie; the window's Jacobi step from the outputs read
-        with the loop's own read (extra_read); its n-grams to the pool."""
-        self._root = step.tokens[0][-1]
+        """The pending tokens for the next tries; each window's Jacobi step from the outputs read
+        with the loop's own read (extra_read); its n-grams to its sequence's pool."""
+        self._roots = [t[-1] for t in step.tokens]
         if tree is not None and step.extra is not None:
-            for gram in self.window.advance(self._prev_root, step.extra[0]):
-                self.pool.add(gram)
+            for window, pool, root, outputs in zip(self.windows, self.pools, self._prev_roots, step.extra):
+                for gram in window.advance(root, outputs):
+                    pool.add(gram)
 
     def propose(self, pending: torch.Tensor, cache: KVCache) -> Tree:
-        """The pool's n-grams starting with the pending token, as a trie (built on the host, sent
-        in one non-blocking copy). pending: [1] (its host value came through observe)."""
-        self._prev_root = self._root
-        tokens, parents = trie(self._root, self.pool.lookup(self._root), cache.max_len - cache.length)
-        return Tree.from_host(tokens, parents, self.engine.upload)
+        """Per sequence the pool's n-grams starting with its pending token, as a trie (built on the
+        host, padded to the largest, sent in one non-blocking copy). pending: [B] (its host values
+        came through observe)."""
+        self._prev_roots = self._roots
+        room = cache.max_len - cache.length
+        tries = [trie(root, pool.lookup(root), room) for root, pool in zip(self._roots, self.pools)]
+        return Tree.from_host_batch([t for t, _ in tries], [p for _, p in tries], self.engine.upload)
 
     def prepare(self, cache: KVCache) -> None:
         """The window's layout at every shape it takes (warm-up levels, then full), built once:
@@ -250,28 +255,28 @@ class Lookahead(Method):
 
     def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(offsets [R], window mask [R, R]) of the current window shape (made by prepare)."""
-        key = (len(self.window.levels), self.window.columns)
+        key = (len(self.windows[0].levels), self.windows[0].columns)
         if key not in self._layouts:
             self._layouts[key] = window_layout(*key, self.engine.device)
         return self._layouts[key]
 
     def verify(self, tree: Tree, cache: KVCache) -> torch.Tensor:
-        """Tree rows, then window rows, in one forward; returns hidden [1, n, d] of the tree rows
-        and keeps the window's newest level's greedy outputs for the loop's read."""
-        n, window = tree.size, self.window.tokens()
+        """Tree rows, then window rows, in one forward; returns hidden [B, n, d] of the tree rows
+        and keeps each window's newest level's greedy outputs for the loop's read."""
+        n, B, first = tree.size, tree.batch, self.windows[0]
+        windows = [t for w in self.windows for t in w.tokens()]
         self._outputs = None
-        if n + len(window) > cache.max_len - cache.length:  # no room left: verify only, window waits
+        if n + len(windows) // B > cache.max_len - cache.length:  # no room left: verify only, windows wait
             return super().verify(tree, cache)
         offsets, window_mask = self.layout()
-        ids = torch.cat([tree.tokens, self.engine.upload(window)[None]], dim=1)  # [1, N]
-        positions = cache.lengths[:, None] + torch.cat([tree.depths, offsets[None]], dim=1)  # [1, N]
-        h = self.engine.forward(ids, positions, joint_mask(tree.mask, window_mask), cache)  # [1, N, d]
-        columns = self.window.columns
-        if len(self.window.levels) == 1:  # level 0 alone: its column 0 is the root, tree row 0
-            newest = torch.cat([h[:, :1], h[:, n:]], dim=1)  # [1, C, d]
+        ids = torch.cat([tree.tokens, self.engine.upload(windows).view(B, -1)], dim=1)  # [B, N]
+        positions = cache.lengths[:, None] + torch.cat([tree.depths, offsets[None].expand(B, -1)], dim=1)  # [B, N]
+        h = self.engine.forward(ids, positions, joint_mask(tree.mask, window_mask), cache)  # [B, N, d]
+        if len(first.levels) == 1:  # level 0 alone: its column 0 is the root, tree row 0
+            newest = torch.cat([h[:, :1], h[:, n:]], dim=1)  # [B, C, d]
         else:
-            newest = h[:, -columns:]  # [1, C, d]
-        self._outputs = self.engine.logits(newest).argmax(dim=-1)  # [1, C]: the Jacobi step's guesses
+            newest = h[:, -first.columns:]  # [B, C, d]
+        self._outputs = self.engine.logits(newest).argmax(dim=-1)  # [B, C]: the Jacobi step's guesses
         return h[:, :n]
 
     def extra_read(self) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from test_eagle import make_eagle, trained_head
 from test_firp import make_firp
 from test_medusa import make_medusa
 from test_sps import shallow_checkpoint
@@ -26,7 +27,9 @@ PROMPTS = [random.Random(i).sample(range(3, 97), n) for i, n in enumerate((5, 11
 BATCHABLE = {
     "ar": lambda engine, tmp: Autoregressive(engine, "tiny"),
     "ar-graph": lambda engine, tmp: ARGraph(engine, "tiny"),
+    "lookahead": lambda engine, tmp: Lookahead(engine, "tiny", window=3, ngram=3, guess=3),
     "medusa": lambda engine, tmp: make_medusa(engine, tmp, perturb=0.3),
+    "eagle": lambda engine, tmp: make_eagle(engine, tmp, trained_head(engine), depth=3, top_k=4, total_tokens=12),
     "firp": lambda engine, tmp: make_firp(engine, tmp, layers=(3, 4, 4)),
     "pld": lambda engine, tmp: PromptLookup(engine, "tiny", k=4),
     "self-spec": lambda engine, tmp: SelfSpeculative(engine, "tiny", skip="a1,m2", threshold=0.5, adaptive=False),
@@ -48,11 +51,12 @@ def sampled(keys):
 def test_a_batch_equals_its_sequences_decoded_one_at_a_time(engine, tmp_path, name):
     method = BATCHABLE[name](engine, tmp_path)
     prompts = PROMPTS + [[5, 6, 7, 8] * 3]  # a repetitive one, so that pld drafts
-    eos = {PROMPTS[0][0]}
+    eos = {one_at_a_time(Autoregressive(engine, "tiny"), prompts, 30, set())[1][4]}  # sequence 1 stops early
     alone = one_at_a_time(method, prompts, 30, eos)
     together = decode_batch(method, prompts, 30, eos, engine.new_cache(256, batch=len(prompts)))
     assert [o.output_ids for o in together] == alone
     assert [o.output_ids for o in together] == one_at_a_time(Autoregressive(engine, "tiny"), prompts, 30, eos)
+    assert together[1].stop == "eos" and "length" in [o.stop for o in together]  # one stopped while others went on
     keys = [turn_key(0, str(i), 0) for i in range(len(prompts))]
     alone = one_at_a_time(method, prompts, 30, eos, [sampled([k]) for k in keys])
     together = decode_batch(method, prompts, 30, eos, engine.new_cache(256, batch=len(prompts)), sampled(keys))
@@ -114,8 +118,11 @@ def test_a_finished_sequence_takes_no_more_tokens(engine):
 
 
 def test_a_method_that_keeps_one_sequences_state_refuses_a_batch(engine):
-    with pytest.raises(ValueError, match="lookahead decodes one sequence at a time"):
-        decode_batch(Lookahead(engine, "tiny"), PROMPTS, 8, set(), engine.new_cache(64, batch=3))
+    class OneAtATime(Method):
+        name, batchable = "solo", False
+
+    with pytest.raises(ValueError, match="solo decodes one sequence at a time"):
+        decode_batch(OneAtATime(engine, "tiny"), PROMPTS, 8, set(), engine.new_cache(64, batch=3))
 
 
 def test_hf_generate_batches_left_padded_and_cuts_each_output_at_its_eos(engine):

@@ -16,7 +16,7 @@ from harness.bench.records_io import read_records
 from harness.cli import main
 
 
-def run_cli(model_dir, out, *args, methods="pld,lookahead", samples="3"):
+def run_cli(model_dir, out, *args, methods="pld,hf-prompt-lookup", samples="3"):
     base = ["run", "--model", str(model_dir), "--out", str(out), "--methods", methods, "--datasets", "mt-bench",
             "--num-samples", samples, "--max-new-tokens", "6", "--no-warmup", "--no-telemetry", "--control",
             "--batch-size", "1,2"]
@@ -41,7 +41,7 @@ def test_groups_are_fixed_and_records_carry_their_batch(batched_run):
     for (method, group, turn), g in pd.DataFrame(decoded).groupby(["method", "group", "turn"]):
         assert g["wall_time"].nunique() == 1 and (g["group_size"] == len(g)).all()  # one timed decode per batch
     assert all(r["finish_time"] is not None and 0 < r["finish_time"] <= r["wall_time"] for r in decoded)
-    assert {r["skipped"] for r in two if r["method"] == "lookahead"} == {ONE_AT_A_TIME}
+    assert {r["skipped"] for r in two if r["method"] == "hf-prompt-lookup"} == {ONE_AT_A_TIME}
     assert all(not r.get("skipped") for r in records if r["batch_size"] == 1)
 
 

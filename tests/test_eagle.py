@@ -36,41 +36,65 @@ def logp(rows):
 
 
 def test_expansion_takes_top_k_children_of_the_most_confident_frontier():
-    draft = DraftTree(torch.tensor([7]), logp([0.0, 3.0, 2.0, -5.0, 1.0]), top_k=2)
-    assert draft.frontier_tokens.tolist() == [1, 2]  # the root's top-2 children
-    first = draft.frontier_scores.clone()
+    draft = DraftTree(torch.tensor([7]), logp([0.0, 3.0, 2.0, -5.0, 1.0])[None], top_k=2)
+    assert draft.frontier_tokens.tolist() == [[1, 2]]  # the root's top-2 children
+    first = draft.frontier_scores[0].clone()
     after = logp([[4.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 9.0, 8.0]])  # row 0 under token 1, row 1 under 2
-    rows = draft.grow(after)
+    rows = draft.grow(after[None])[0]
     children = (first[:, None] + after.topk(2, dim=-1).values).view(-1)  # [4] cumulative, row-major
     best = children.topk(2).indices
     assert rows.tolist() == (best // 2).tolist()
-    assert torch.equal(draft.frontier_scores, children[best])
-    assert draft.frontier_tokens.tolist() == [after.topk(2, -1).indices.view(-1)[i] for i in best.tolist()]
+    assert torch.equal(draft.frontier_scores[0], children[best])
+    assert draft.frontier_tokens[0].tolist() == [after.topk(2, -1).indices.view(-1)[i] for i in best.tolist()]
     assert draft.count == 1 + 2 + 4 and draft.levels == 2
-    assert draft.parents.tolist() == [-1, 0, 0, 1, 1, 2, 2]  # every child of both frontier nodes is kept
+    assert draft.parents.tolist() == [[-1, 0, 0, 1, 1, 2, 2]]  # every child of both frontier nodes is kept
+
+
+def grown(roots, gen, k, vocab, levels, certain=False):
+    """A DraftTree over len(roots) sequences grown from random draft scores."""
+    B = len(roots)
+    draft = DraftTree(torch.tensor(roots), torch.log_softmax(torch.randn(B, vocab, generator=gen) * 3, -1), k)
+    steps = []
+    for _ in range(levels):
+        scores = torch.randn(B, k, vocab, generator=gen) * 3
+        if certain:  # certain children (probability 1): a child ties with its parent
+            scores[:, :, 0] = 60.0
+        steps.append(torch.log_softmax(scores, -1))
+        draft.grow(steps[-1])
+    return draft
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_rerank_keeps_the_best_total_with_their_parents(seed):
-    gen = torch.Generator().manual_seed(seed)
-    k, vocab = 3, 11
-    draft = DraftTree(torch.tensor([5]), torch.log_softmax(torch.randn(vocab, generator=gen) * 3, -1), k)
-    for level in range(3):
-        scores = torch.randn(k, vocab, generator=gen) * 3
-        if seed % 2:  # certain children (probability 1): a child ties with its parent
-            scores[:, 0] = 60.0
-        draft.grow(torch.log_softmax(scores, -1))
-    total = 10
-    keep = draft.select(total)
+    k, total = 3, 10
+    draft = grown([5], torch.Generator().manual_seed(seed), k, 11, 3, certain=bool(seed % 2))
+    keep = draft.select(total)[0]
     assert keep.numel() == total + 1 and keep[0] == 0 and bool((keep[1:] > keep[:-1]).all())
     kept = set(keep.tolist())
-    assert all(p in kept for p in draft.parents[keep[1:]].tolist())  # every kept node's parent kept
+    parents, scores = draft.parents[0], draft.scores[0]
+    assert all(p in kept for p in parents[keep[1:]].tolist())  # every kept node's parent kept
     dropped = sorted(set(range(1, draft.count)) - kept)
-    assert draft.scores[keep[1:]].min() >= draft.scores[dropped].max()  # the best `total` by score
+    assert scores[keep[1:]].min() >= scores[dropped].max()  # the best `total` by score
     tree = draft.tree(total)
     assert tree.size == total + 1 and tree.tokens[0, 0] == 5
     host = Tree.from_parents(tree.tokens[0], tree.parents[0].tolist())
     assert torch.equal(tree.mask, host.mask) and torch.equal(tree.depths, host.depths)
+
+
+def test_a_batch_of_draft_trees_is_each_sequence_s_own():
+    """Three sequences grown together give the trees each grows alone from the same scores."""
+    together = grown([5, 6, 7], torch.Generator().manual_seed(3), 3, 11, 3).tree(8)
+    gen = torch.Generator().manual_seed(3)
+    first = torch.randn(3, 11, generator=gen) * 3
+    levels = [torch.randn(3, 3, 11, generator=gen) * 3 for _ in range(3)]
+    for b, root in enumerate([5, 6, 7]):
+        alone = DraftTree(torch.tensor([root]), torch.log_softmax(first[b:b + 1], -1), 3)
+        for scores in levels:
+            alone.grow(torch.log_softmax(scores[b:b + 1], -1))
+        tree = alone.tree(8)
+        for got, want in zip((together.tokens, together.parents, together.depths, together.mask),
+                             (tree.tokens, tree.parents, tree.depths, tree.mask)):
+            assert torch.equal(got[b:b + 1], want)
 
 
 def test_tree_from_parents_on_the_device_matches_the_host_builder():

@@ -87,9 +87,9 @@ def prepared(engine, **options):
     cache.truncate(len(PROMPT))
     w, n = method.width, method.ngram
     higher = [[40 + 10 * lv + i for i in range(w)] for lv in range(1, n - 1)]
-    method.window.levels = [[45 + i for i in range(1, w)]] + higher
+    method.windows[0].levels = [[45 + i for i in range(1, w)]] + higher
     for gram in [(60, 30, 31, 32), (60, 30, 33, 34), (60, 40, 41, 42), (61, 1, 1, 1)]:
-        method.pool.add(gram[:n])
+        method.pools[0].add(gram[:n])
     return method, cache
 
 
@@ -107,7 +107,7 @@ def capture_forward(engine, monkeypatch):
 
 def propose(method, cache, root):
     """The trie for pending token `root` (whose host value the loop hands over through observe)."""
-    method._root = root
+    method._roots = [root]
     return method.propose(torch.tensor([root]), cache)
 
 
@@ -125,9 +125,9 @@ def test_one_forward_holds_tree_then_window_with_the_lookahead_mask(engine, monk
     (ids, positions, mask), = calls
     t, cells = tree.size, window_cells(w, n)
     assert hidden.shape == (1, t, engine.hidden_size) and ids.numel() == t + len(cells) == mask.shape[0]
-    assert ids[:t].tolist() == tree.tokens[0].tolist() and ids[t:].tolist() == method.window.tokens()
+    assert ids[:t].tolist() == tree.tokens[0].tolist() and ids[t:].tolist() == method.windows[0].tokens()
     assert not mask[:t, t:].any()  # tree rows never see the window
-    grams = method.pool.lookup(60)
+    grams = method.pools[0].lookup(60)
     for j in range(t):  # a candidate sees the root and its own earlier tokens only
         seen = mask[j, :t].nonzero().squeeze(1).tolist()
         assert seen[0] == 0 and positions[seen].tolist() == list(range(len(PROMPT), len(PROMPT) + len(seen)))
@@ -155,12 +155,12 @@ def test_newest_level_outputs_are_greedy_tokens_of_their_own_context(engine):
     """Each output equals a plain causal forward of prompt + root + the row's visible tokens."""
     w, n = 3, 4
     method, cache = prepared(engine, window=w, ngram=n, guess=1)
-    levels = [list(x) for x in method.window.levels]
+    levels = [list(x) for x in method.windows[0].levels]
     tree = propose(method, cache, 60)
     hidden = method.verify(tree, cache)
     read = method.extra_read()  # [1, C]: read with the loop's one read per step
     method.observe(hidden, tree, Step([[0]], [[61]], torch.tensor([0]), torch.tensor([61]), extra=read.tolist()))
-    newest = method.window.levels[-1]  # the outputs, after the window moved
+    newest = method.windows[0].levels[-1]  # the outputs, after the window moved
     for i in range(w):
         context = [60] + levels[0][:i] + [levels[lv][i] for lv in range(1, n - 1)]
         seq = torch.tensor(PROMPT + context)

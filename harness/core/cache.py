@@ -116,6 +116,12 @@ class KVCache:
             for b, length in enumerate(lengths):
                 self.set_length(b, length)
 
+    def follow(self, other: "KVCache") -> None:
+        """Every sequence's committed length set to another cache's (a drafter's cache kept in step
+        with the target's; a device copy, no read)."""
+        self.lengths.copy_(other.lengths)
+        self.seen = list(other.seen)
+
     def set_length(self, b: int, length: int) -> None:
         """Sequence b's committed length set to `length` (its rollback; the others are untouched)."""
         self.lengths[b:b + 1].fill_(length)  # a fill: no copy from the host

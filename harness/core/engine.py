@@ -239,8 +239,18 @@ def ragged_mask(cache: KVCache, tree_mask: torch.Tensor | None, n: int, offset: 
     if tree_mask is None:
         tree_mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
     tree_mask = tree_mask.expand(cache.batch, n, n)
-    end = cache.length + offset + n
-    rel = cache.arange(end)[None, :] - (cache.lengths[:, None] + offset)  # [B, end] slot - first new row
-    inside = (rel >= 0) & (rel < n)
-    tree_part = tree_mask.gather(2, rel.clamp(0, n - 1)[:, None, :].expand(-1, n, -1))  # [B, n, end]
-    return ((rel < 0)[:, None, :] | (inside[:, None, :] & tree_part))[:, None]
+    if offset:  # the rows drafted earlier at smaller offsets: all visible
+        tree_mask = torch.cat([tree_mask.new_ones(cache.batch, n, offset), tree_mask], dim=2)
+    return region_mask(cache, tree_mask)
+
+
+def region_mask(cache: KVCache, seen: torch.Tensor) -> torch.Tensor:
+    """[B, 1, n, max length + w]: sequence b's n new rows see its committed slots (< lengths[b])
+    and, of the w slots after them (rows drafted earlier and these rows), what seen [B, n, w]
+    allows; nothing past them (other sequences' longer prefixes)."""
+    B, n, w = seen.shape
+    end = cache.length + w
+    rel = cache.arange(end)[None, :] - cache.lengths[:, None]  # [B, end] slot - first slot after the committed ones
+    inside = (rel >= 0) & (rel < w)
+    part = seen.gather(2, rel.clamp(0, w - 1)[:, None, :].expand(-1, n, -1))  # [B, n, end]
+    return ((rel < 0)[:, None, :] | (inside[:, None, :] & part))[:, None]

@@ -62,11 +62,24 @@ class Tree:
     def from_host(tokens: list[int], parents: list[int], upload) -> "Tree":
         """One sequence's tree built on the host, sent to the device in one copy: upload(list of
         ints) -> a device tensor (Engine.upload: pinned and non-blocking on CUDA)."""
-        mask, depths = host_layout(parents)
-        n = len(tokens)
-        packed = upload(tokens + parents + depths + [int(x) for row in mask for x in row])  # [3n + n*n]
-        return Tree(packed[:n][None], packed[n:2 * n][None], packed[2 * n:3 * n][None],
-                    packed[3 * n:].view(1, n, n).bool())
+        return Tree.from_host_batch([tokens], [parents], upload)
+
+    @staticmethod
+    def from_host_batch(tokens: list[list[int]], parents: list[list[int]], upload) -> "Tree":
+        """B sequences' trees built on the host, padded to the largest as `stack` pads (padding
+        nodes hang off the root, see only themselves and are invalid), sent in one copy."""
+        n = max(map(len, tokens))
+        rows = []
+        for toks, par in zip(tokens, parents):
+            mask, depths = host_layout(par)
+            m, pad = len(toks), n - len(toks)
+            grid = [row + [False] * pad for row in mask] + [[i == j for j in range(n)] for i in range(m, n)]
+            rows += toks + [0] * pad + par + [0] * pad + depths + [0] * pad + [1] * m + [0] * pad
+            rows += [int(x) for row in grid for x in row]
+        packed = upload(rows).view(len(tokens), 4 * n + n * n)  # [B, 4n + n*n]
+        valid = packed[:, 3 * n:4 * n].bool() if min(map(len, tokens)) < n else None
+        return Tree(packed[:, :n], packed[:, n:2 * n], packed[:, 2 * n:3 * n], packed[:, 4 * n:].view(-1, n, n).bool(),
+                    valid=valid)
 
     @staticmethod
     def stack(trees: list["Tree"]) -> "Tree":
