@@ -18,7 +18,8 @@ ALLOWED = {
     "train": {"core", "bench", "registry"},
     "methods": {"core", "train", "registry"},
     "analysis": {"core", "bench", "train", "methods", "registry"},
-    "cli": {"core", "bench", "train", "analysis", "methods", "registry"},
+    "sweep": {"core", "bench", "registry"},
+    "cli": {"core", "bench", "train", "analysis", "sweep", "methods", "registry"},
     "root": set(),
 }
 

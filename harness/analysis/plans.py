@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 import methods as registry
+from harness.bench.request import with_costmodel  # noqa: F401 (callers import it from here)
 from harness.core.decoding import decode, synchronize
 from harness.core.engine import Engine
 from harness.core.planning.costmodel import draft_ratio, one_row_forward, read, write
@@ -26,15 +27,6 @@ from harness.train.profile import Decoder, ProfileConfig
 def planners(model_key: str) -> list[str]:
     """Registered methods that plan a draft shape and whose weights (if any) exist."""
     return [n for n in registry.runnable(model_key) if registry.get(n).profile_family]
-
-
-def with_costmodel(names: list[str], method_args: dict, costmodel: str | None) -> dict:
-    """A run-level `--costmodel PATH` as METHOD.costmodel=PATH for every method that plans, unless
-    given for it; method_args, updated."""
-    for name in names if costmodel else []:
-        if any(o.name == "costmodel" for o in registry.get(name).options):
-            method_args.setdefault(name, {}).setdefault("costmodel", str(costmodel))
-    return method_args
 
 
 def at_batch(names: list[str], method_args: dict, size: int) -> dict:

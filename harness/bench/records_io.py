@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.bench.results import ResultsError
 
 Key = tuple[str, str, str, int, float, int]
-SETTINGS = {"temperature": 0.0, "batch_size": 1}  # a run's settings: each value its own set of pairs
+SETTINGS = {"temperature": 0.0, "batch_size": 1, "hardware": ""}  # a run's settings: each value its own set of pairs
+#                                                                  (hardware: of a sweep's shard; pairs never cross it)
 NUMBER, INT, STR, BOOL, LIST, DICT = "number", "int", "str", "bool", "list of ints", "object"
 RECORD_TYPES: dict[str, str] = {
     "method": STR, "dataset": STR, "sample_id": STR, "turn": INT, "category": STR, "order": INT,
@@ -32,6 +33,7 @@ RECORD_TYPES: dict[str, str] = {
     "output_text": STR, "lossless": BOOL, "diverge_at": INT, "divergence": DICT, "rouge2": NUMBER,
     "correct": BOOL, "telemetry": DICT, "prompt_tokens": INT, "stop": STR, "temperature": NUMBER,
     "acceptance": STR, "batch_size": INT, "group": STR, "group_size": INT, "finish_time": NUMBER, "idle_rows": INT,
+    "shard": STR, "hardware": STR,
 }
 REQUIRED = ("method", "dataset", "sample_id", "turn")
 MEASURED = ("new_tokens", "wall_time")  # required of every record that is not a skip

@@ -19,6 +19,7 @@ from harness.bench.metrics import (
     control_reach,
 )
 from harness.bench.records_io import SETTINGS
+from harness.bench.results import hardware_id
 from harness.bench.runner import summary_of
 from harness.bench.validate import CONTROL
 
@@ -112,6 +113,20 @@ def predicted_for(plan: dict | None, dataset: str) -> float | None:
     return plan.get("predicted_by_source", {}).get(f"{dataset}-train", plan["predicted_speedup"])
 
 
+def shard_notes(run_dir: Path) -> list[str]:
+    """A sweep's grid point: whether its shards were pooled (all on identical hardware) or are
+    shown per hardware (a speedup is never paired across machines)."""
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    shards = ((manifest.get("sweep") or {}).get("shards")) or {}
+    kinds = sorted({hardware_id(s.get("hardware") or {}) for s in shards.values()})
+    if not kinds:
+        return []
+    if len(kinds) == 1:
+        return [f"{len(shards)} shard(s) of a sweep, pooled: all on identical hardware ({kinds[0]})"]
+    return [f"{len(shards)} shard(s) of a sweep on {len(kinds)} kinds of hardware ({'; '.join(kinds)}): reported per "
+            "hardware (column `hardware`); speedups are paired within a shard, never across machines"]
+
+
 def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     """Summarise a run directory; writes summary.csv (raw numbers) and summary.md (by category:
     summary-<by>.csv/.md). A method that planned its draft shape shows its predicted speedup (on
@@ -122,9 +137,9 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     if predicted and not summary.empty:
         summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
                                                     for m, d in zip(summary["method"], summary["dataset"])])
-    shown = by + tuple(c for c in SETTINGS if c in summary and c not in by)  # never across temperatures or batch sizes
+    shown = by + tuple(c for c in SETTINGS if c in summary and c not in by)  # never across settings (or hardware)
     text = table(summary, shown).to_markdown(index=False) if not summary.empty else "(no decoded records)"
-    notes = control_verdicts(summary, shown) + ungrouped(summary, by)
+    notes = control_verdicts(summary, shown) + ungrouped(summary, by) + shard_notes(run_dir)
     if skipped:
         notes.append(f"{len(skipped)} record(s) skipped, e.g. {skipped[0]['dataset']} #{skipped[0]['sample_id']}: "
                      f"{skipped[0]['skipped']}")

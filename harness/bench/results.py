@@ -55,8 +55,30 @@ def hardware(device: str) -> dict:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        props = torch.cuda.get_device_properties(device)
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        info["gpu_uuid"] = str(getattr(props, "uuid", "")) or None
+        info["driver"] = _driver_version()
     return info
+
+
+def hardware_id(hardware: dict) -> str:
+    """What makes two timings comparable: the GPU model, else the CPU model and its core count."""
+    if hardware.get("gpu"):
+        return hardware["gpu"]
+    return f"{hardware.get('cpu', 'unknown CPU')} x{hardware.get('cpu_cores')}"
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version (NVML), or None where NVML cannot be read."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:  # noqa: BLE001 (no NVML, no driver: the manifest says None)
+        return None
 
 
 def _cpu_name() -> str:

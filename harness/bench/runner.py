@@ -47,11 +47,13 @@ ANSWER_SLACK = 16  # tokens an answer may gain when its text is tokenised again 
 class Runner:
     """Holds the model, methods and output files of one run."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: RunConfig, progress: bool = True, lm=None):
+        """lm: the model, already loaded by load_model with cfg's model, device and dtype (a sweep
+        worker loads it once for all its shards); else loaded here."""
         self.valid: ValidRun = validate(cfg)  # nothing loaded or written before this passes
         self.cfg, self.progress = cfg, progress
         torch.manual_seed(cfg.seed)
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype)
+        self.lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
         self.engine = Engine(self.lm.model)
         self.names = self.valid.names
         self.by_size: dict[int, dict[str, Method]] = {}  # per batch size: shapes planned for it

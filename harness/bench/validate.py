@@ -41,6 +41,7 @@ class RunConfig:
     control: bool = False
     sampling: Sampling = field(default_factory=Sampling)
     batch_sizes: tuple[int, ...] = (1,)  # each its own set of pairs (--batch-size)
+    only: dict[str, list[str]] | None = None  # a shard of a sweep: the sample ids per dataset it decodes
 
 
 @dataclass
@@ -126,6 +127,8 @@ def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, S
         samples[name] = measured(name, items, cfg.num_samples)
         chosen = {id(s) for s in samples[name]}
         warmup[name] = next((s for s in items if id(s) not in chosen), None)
+    if cfg.only is not None:  # a shard: its samples of the measured subset (the warm-up item is the run's)
+        samples = {d: [s for s in v if s.sample_id in cfg.only[d]] for d, v in samples.items() if d in cfg.only}
     return samples, warmup
 
 

@@ -3,7 +3,8 @@ command group, assembled into the `main` group here.
 
 - common.py: the user errors and the failure helper every command shares;
 - run.py: list, setup, run, report;  train.py: train, analyze;  tune.py: tune;
-- analysis.py: figures, costmodel, regress;  device.py: doctor, gpu-check;  plan.py: plan.
+- analysis.py: figures, costmodel, regress;  device.py: doctor, gpu-check;  plan.py: plan;
+- sweep.py: sweep (a grid of runs in shards, local or on Ray).
 
 May import everything below it (analysis, train, bench, core, methods); nothing imports it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from harness.cli import analysis, device, plan, run, train, tune
+from harness.cli import analysis, device, plan, run, sweep, train, tune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,5 +22,5 @@ def main() -> None:
 
 
 for _command in (*run.COMMANDS, *train.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS, *device.COMMANDS,
-                 *plan.COMMANDS):
+                 *plan.COMMANDS, *sweep.COMMANDS):
     main.add_command(_command)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from harness.bench.data import DataError
+from harness.bench.request import csv, parse_method_args  # noqa: F401 (commands import them from here)
 from harness.bench.results import ResultsError
 from harness.bench.validate import check_budget
 from harness.core.checkpoint import CheckpointError
@@ -83,28 +84,12 @@ def dtype_option(fn):
                              "float32 there becoming bfloat16 (README, GPU).")(fn)
 
 
-def csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def ints(text: str, option: str) -> tuple[int, ...]:
     """'12,14,16' -> (12, 14, 16); InputError naming the option otherwise."""
     try:
         return tuple(int(x) for x in csv(text))
     except ValueError:
         raise InputError(f"{option} {text!r}: expected comma-separated integers, e.g. 2,4,8") from None
-
-
-def parse_method_args(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """NAME.KEY=VALUE items -> {name: {key: value}} (values typed later by each method)."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        head, sep, value = item.partition("=")
-        name, dot, key = head.partition(".")
-        if not sep or not dot or not name or not key:
-            raise MethodError(f"--method-arg {item!r}: expected NAME.KEY=VALUE, e.g. firp.tree=chain")
-        out.setdefault(name, {})[key] = value
-    return out
 
 
 def model_config(model: str):

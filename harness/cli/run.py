@@ -12,11 +12,9 @@ from harness.bench.data import DATASETS
 from harness.bench.results import ResultsError
 from harness.cli.common import (
     USER_ERRORS,
-    csv,
     device_option,
     dtype_option,
     fail,
-    parse_method_args,
 )
 from harness.core.checkpoint import shown_path
 from harness.core.modelload import DEFAULT_MODEL, ModelLoadError, model_key
@@ -90,23 +88,16 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
-    from harness.analysis.plans import with_costmodel
-    from harness.bench.batches import batch_sizes
     from harness.bench.report import report
-    from harness.bench.runner import RunConfig, Runner
-    from harness.bench.sampled import Sampling, temperatures
+    from harness.bench.request import run_config
+    from harness.bench.runner import Runner
 
     try:
-        names = csv(methods_)
-        if "all" in names:
-            names = [n for n in names if n != "all"] + registry.runnable(model_key(model))
-        args = with_costmodel(names, parse_method_args(method_args), costmodel)
-        cfg = RunConfig(methods=names, datasets=csv(datasets), model=model, device=device, dtype=dtype,
-                        num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, data_source=data_source,
-                        method_args=args, out=out, resume=resume, overwrite=overwrite,
-                        telemetry=not no_telemetry, warmup=not no_warmup, control=control,
-                        sampling=Sampling(temperatures(temperature), top_k, top_p, acceptance),
-                        batch_sizes=batch_sizes(batch_size))
+        cfg = run_config(out=out, resume=resume, overwrite=overwrite, methods=methods_, datasets=datasets,
+                         num_samples=num_samples, max_new_tokens=max_new_tokens, model=model, device=device,
+                         dtype=dtype, method_arg=method_args, seed=seed, data_source=data_source,
+                         telemetry=not no_telemetry, warmup=not no_warmup, control=control, temperature=temperature,
+                         top_k=top_k, top_p=top_p, acceptance=acceptance, batch_size=batch_size, costmodel=costmodel)
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)
@@ -128,11 +119,13 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
               help="Break each dataset down by category (MT-bench, Spec-Bench, jsonl with `category`), by "
                    "temperature or by batch size (a run at several of either is always shown per value).")
 def report_cmd(run_dir: Path, by: str | None) -> None:
-    """Method x dataset table of a run (also written as summary.md and summary.csv)."""
+    """Method x dataset table of a run (also written as summary.md and summary.csv); of a sweep
+    directory, one table per grid dimension and the rows of every grid point."""
     from harness.bench.report import report
+    from harness.sweep.report import is_sweep, sweep_report
 
     try:
-        click.echo(report(run_dir, by=(by,) if by else ()))
+        click.echo(sweep_report(run_dir) if is_sweep(run_dir) else report(run_dir, by=(by,) if by else ()))
     except ResultsError as err:
         fail(err)
 
