@@ -53,8 +53,10 @@ def sweep(sweep_file, executor, address, workers, cpus_per_worker, retries, resu
     except errors as err:
         fail(err)
     click.echo(sweep_report(result.out))
-    overhead = f"; {executor} overhead per shard: median {statistics.median(result.overhead):.2f} s" \
-        if result.overhead and executor == "ray" else ""
+    overhead = ""
+    if result.overhead and executor == "ray":
+        ms = sorted(1000 * o for o in result.overhead)
+        overhead = f"; Ray's overhead per shard: median {statistics.median(ms):.0f} ms, max {ms[-1]:.0f} ms"
     click.echo(f"\n{len(result.run)} shard(s) decoded, {result.shards - len(result.run)} already merged{overhead}")
 
 
