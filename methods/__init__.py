@@ -10,6 +10,7 @@ REGISTRY: dict[str, str] = {
     "firp": "methods.firp:FIRP",
     "medusa": "methods.medusa:Medusa",
     "eagle": "methods.eagle:Eagle",
+    "eagle3": "methods.eagle3:Eagle3",
     "self-spec": "methods.self_speculative:SelfSpeculative",
     "lookahead": "methods.lookahead:Lookahead",
     "pld": "methods.pld:PromptLookup",

@@ -53,7 +53,7 @@ from harness.core.cache import KVCache
 from harness.core.checkpoint import shown_path
 from harness.core.drafter import frozen_module, load_frozen
 from harness.core.engine import Context, Engine, region_mask
-from harness.core.method import AUTO, Method, MethodError, Option, Step
+from harness.core.method import AUTO, Method, Option, Step
 from harness.core.planning.costmodel import DEFAULT_PREFIX
 from harness.core.planning.shapes import (
     PLANNING_OPTIONS,
@@ -63,11 +63,10 @@ from harness.core.planning.shapes import (
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_final
 from methods.eagle_released import released_head
-from methods.eagle_tree import DraftTree
+from methods.eagle_tree import TREE_SIZES, DraftTree, check_sizes, path_rows
 
 SHAPES = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "hidden_act")
 LOSS = {"feature": 1.0, "token": 0.1, "noise": 0.2}  # EAGLE's v_w, p_w and uniform noise std
-TREE_SIZES = ("depth", "top_k", "total_tokens")
 STATIC = {"depth": 4, "total_tokens": 8}  # auto without a profile
 PROFILE_GRID = tuple({"depth": d, "top_k": 4, "total_tokens": t} for d in (2, 3, 4, 6) for t in (2, 4, 8, 16))
 
@@ -112,8 +111,9 @@ class EagleHead(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return (self.embed_tokens if self.shapes["embedding"] else self._frozen[0])(tokens)
 
-    def lm_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self._frozen[1](features)
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        """The head's outputs [..., d] -> draft logits over the target's vocabulary [..., V]."""
+        return self._frozen[1](out)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, ctx: Context) -> torch.Tensor:
         """features: [B, n, d] normed target features f_t; tokens: [B, n] token t + 1 -> [B, n, d]
@@ -136,8 +136,8 @@ class EagleHead(nn.Module):
         real = gather_rows(feats, batch.hang + 1)  # [B, m, d]
         ok = batch.hang_ok & (batch.hang + 1 < batch.lengths[:, None])  # [B, m]
         with torch.no_grad():
-            teacher = self.lm_head(real)
-        kl, hits, counted = step_losses(teacher[:, None], self.lm_head(pred)[:, None], ok[:, None])
+            teacher = self.decode(real)
+        kl, hits, counted = step_losses(teacher[:, None], self.decode(pred)[:, None], ok[:, None])
         l1 = nn.functional.smooth_l1_loss(pred.float(), real.float(), reduction="none").mean(-1)  # [B, m]
         l1 = (l1 * ok).sum() / ok.sum().clamp(min=1)
         return w["feature"] * l1 + w["token"] * kl, hits, counted
@@ -153,14 +153,6 @@ def load_head(engine: Engine, path: Path) -> tuple[EagleHead, dict]:
         return load_frozen(engine, path, build_head, "eagle")
     state, sidecar = released_head(engine, Path(path), target_shapes(engine))
     return frozen_module(engine, build_head, state, sidecar, f"{path} is not a valid EAGLE draft"), sidecar
-
-
-def check_sizes(config: dict) -> None:
-    depth, k, total = (config[o] for o in TREE_SIZES)
-    drafted = k + (depth - 1) * k * k
-    if min(depth, k, total) < 1 or total > drafted:
-        raise MethodError(f"eagle: depth, top_k and total_tokens must be >= 1 and total_tokens <= the "
-                          f"{drafted} nodes drafted at depth {depth}, top_k {k}")
 
 
 class Eagle(Method):
@@ -185,21 +177,25 @@ class Eagle(Method):
     @classmethod
     def validate(cls, config: dict) -> None:
         if AUTO not in (config["depth"], config["total_tokens"]):
-            check_sizes(config)
+            check_sizes(config, cls.name)
 
     def __init__(self, engine: Engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)
         self.weights = self.weights_path()
-        self.head, self.sidecar = load_head(engine, self.weights)
+        self.head, self.sidecar = self.load_head(engine, self.weights)
         fixed = {k: self.config[k] for k in TREE_SIZES if self.config[k] != AUTO}
         if len(fixed) < len(TREE_SIZES):
             per_forward = lambda cost: draft_cost(cost, self.draft_cost_key(), self.draft_probe)  # noqa: E731
             self.config.update(grid_point(self, fixed, STATIC, per_forward))
-            check_sizes(self.config)
+            check_sizes(self.config, self.name)
         self._caches: dict[int, KVCache] = {}  # the head's cache per batch size
         self._cache: KVCache | None = None  # the one of the current turn
         self._feats = self._tokens = self._prompt = None  # [B, a, d], [B, a - 1], [B, P]
         self._counts: list[int] = []  # per sequence: rows committed since the head last ran
+
+    @staticmethod
+    def load_head(engine: Engine, path: Path) -> tuple[nn.Module, dict]:
+        return load_head(engine, path)
 
     def describe(self) -> dict:
         out = super().describe()
@@ -212,7 +208,7 @@ class Eagle(Method):
         return Path(self.weights).with_name(Path(self.weights).stem + ".profile.json")
 
     def draft_cost_key(self) -> str:
-        return f"eagle:{Path(self.weights).name}:top_k{self.config['top_k']}"
+        return f"{self.name}:{Path(self.weights).name}:top_k{self.config['top_k']}"
 
     def draft_probe(self):
         """One head forward of top_k rows after DEFAULT_PREFIX positions, decoded and ranked."""
@@ -226,7 +222,7 @@ class Eagle(Method):
 
         def op():
             ctx = eng.context(positions, None, cache)
-            return self.head.lm_head(self.head(feats, tokens, ctx)).topk(k, dim=-1)
+            return self.head.decode(self.head(feats, tokens, ctx)).topk(k, dim=-1)
         return op
 
     def prepare(self, cache: KVCache) -> None:
@@ -237,11 +233,21 @@ class Eagle(Method):
             self._caches[cache.batch] = self.head.new_cache(room, self.engine.device, self.engine.dtype, cache.batch)
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        self.start(ids, cache)
+        return super().prefill(ids, cache)
+
+    def start(self, ids: torch.Tensor, cache: KVCache) -> None:
+        """A turn's head state: its cache for this batch size, emptied; the prompts [B, P] (right-padded)."""
         self.prepare(cache)
         self._cache = self._caches[cache.batch]
         self._cache.reset()
-        self._prompt = ids  # [B, P], right-padded
-        return super().prefill(ids, cache)
+        self._prompt = ids
+
+    def features(self, hidden: torch.Tensor, rows: torch.Tensor | None, top: int) -> torch.Tensor:
+        """[B, top, d] the head's input features of the committed rows: rows [B, top] of the last
+        forward (None: its first top rows, a prefill); EAGLE-1/2's are the target's normed output."""
+        picked = hidden[:, :top] if rows is None else hidden.gather(1, rows[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return self.engine.norm(picked)
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         """Keep the features of each sequence's newly committed rows and their next tokens (but the
@@ -249,11 +255,10 @@ class Eagle(Method):
         self._counts = [len(p) if tree is not None else p[-1] + 1 for p in step.paths]  # rows per sequence
         top = max(self._counts)
         if tree is None:  # the prompts: every row
-            self._feats, self._tokens = self.engine.norm(hidden[:, :top]), self._prompt[:, 1:top]
+            self._feats, self._tokens = self.features(hidden, None, top), self._prompt[:, 1:top]
             return
         rows = path_rows(step.on_path, top)  # [B, top] each path's nodes first, on the device
-        d = hidden.shape[-1]
-        self._feats = self.engine.norm(hidden.gather(1, rows[:, :, None].expand(-1, -1, d)))  # [B, top, d]
+        self._feats = self.features(hidden, rows, top)  # [B, top, d]
         self._tokens = tree.tokens.gather(1, rows[:, 1:])  # [B, top - 1]
 
     def _head(self, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, offset: int,
@@ -285,7 +290,7 @@ class Eagle(Method):
         hc, B = self._cache, pending.shape[0]
         depth, k = self.config["depth"], self.config["top_k"]
         out = self._commit(pending, cache)  # [B, d]
-        draft = DraftTree(pending, torch.log_softmax(self.head.lm_head(out).float(), -1), k)
+        draft = DraftTree(pending, torch.log_softmax(self.head.decode(out).float(), -1), k)
         hidden = out[:, None].expand(B, k, -1)  # [B, k, d] the frontier's input features
         eye = torch.eye(k, dtype=torch.bool, device=self.engine.device).expand(B, k, k)
         seen = eye  # [B, k, k * (level + 1)] the draft rows each frontier row sees
@@ -294,13 +299,7 @@ class Eagle(Method):
                 torch.cat([seen.new_ones(B, k, hc.length), seen], dim=2)[:, None]
             positions = (hc.lengths[:, None] + level).expand(B, k)  # [B, k]
             out = self._head(hidden, draft.frontier_tokens, positions, level * k, mask)  # [B, k, d]
-            rows = draft.grow(torch.log_softmax(self.head.lm_head(out).float(), -1))[:, :, None]  # [B, k, 1]
+            rows = draft.grow(torch.log_softmax(self.head.decode(out).float(), -1))[:, :, None]  # [B, k, 1]
             hidden = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             seen = torch.cat([seen.gather(1, rows.expand(-1, -1, seen.shape[2])), eye], dim=2)
         return draft.tree(self.config["total_tokens"])
-
-
-def path_rows(on_path: torch.Tensor, count: int) -> torch.Tensor:
-    """[B, n] bool accepted nodes -> [B, count] each sequence's accepted indices first, ascending,
-    without reading the device (count, the most accepted, is known on the host)."""
-    return torch.argsort((~on_path).to(torch.int8), dim=-1, stable=True)[..., :count]

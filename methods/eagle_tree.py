@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from harness.core.method import MethodError
 from harness.core.tree import Tree
+
+TREE_SIZES = ("depth", "top_k", "total_tokens")  # the options a draft tree is sized by
 
 
 class DraftTree:
@@ -92,3 +95,18 @@ def tree_from_parents(tokens: torch.Tensor, parents: torch.Tensor, depth: int) -
     for _ in range(depth):
         mask = mask | mask.gather(1, up)
     return Tree(tokens, parents, mask.sum(dim=2) - 1, mask)
+
+
+def check_sizes(config: dict, method: str = "eagle") -> None:
+    """depth, top_k, total_tokens >= 1 and total_tokens within the nodes drafted (MethodError)."""
+    depth, k, total = (config[o] for o in TREE_SIZES)
+    drafted = k + (depth - 1) * k * k
+    if min(depth, k, total) < 1 or total > drafted:
+        raise MethodError(f"{method}: depth, top_k and total_tokens must be >= 1 and total_tokens <= the "
+                          f"{drafted} nodes drafted at depth {depth}, top_k {k}")
+
+
+def path_rows(on_path: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, n] bool accepted nodes -> [B, count] each sequence's accepted indices first, ascending,
+    without reading the device (count, the most accepted, is known on the host)."""
+    return torch.argsort((~on_path).to(torch.int8), dim=-1, stable=True)[..., :count]

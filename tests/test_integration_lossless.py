@@ -61,3 +61,18 @@ def test_eagle_with_an_untrained_head_is_lossless_on_real_text(real, prompts, tm
     save_checkpoint(tmp_path / "eagle.safetensors", head, {"method": "eagle", "config": head.config()})
     eagle = Eagle(engine, real.key, checkpoint=str(tmp_path / "eagle.safetensors"))
     decode_like_ar(real, prompts, eagle, "eagle (untrained)")
+
+
+def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, prompts, tmp_path):
+    """The fused three-layer input and a reduced draft vocabulary (mapped back through d2t) on real
+    gsm8k / xsum / MT-bench prompts: ar's tokens exactly (a trained head: once one is shipped)."""
+    from methods.eagle3 import Eagle3, Eagle3Head, head_config
+    from methods.eagle3_train import with_vocabulary
+
+    engine = Engine(real.model)
+    torch.manual_seed(0)
+    head = with_vocabulary(Eagle3Head(engine, head_config(engine, draft_vocab=4096)), engine, torch.arange(4096) * 12)
+    save_checkpoint(tmp_path / "eagle3.safetensors", head, {"method": "eagle3", "config": head.config()})
+    eagle3 = Eagle3(engine, real.key, checkpoint=str(tmp_path / "eagle3.safetensors"), depth=3, top_k=4, total_tokens=8)
+    assert eagle3.head.shapes["layers"] == [2, 15, 27]
+    decode_like_ar(real, prompts, eagle3, "eagle3 (untrained)")

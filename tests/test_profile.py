@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import harness.bench.data
 from harness.analysis.plans import draft_costs
+from harness.bench.data import TUNING_SETS
 from harness.cli import main
 from harness.core.checkpoint import save_checkpoint
 from harness.core.decoding import Decoded
@@ -60,7 +61,9 @@ def test_profiles_are_measured_on_the_tuning_sets_only(tiny_lm, tmp_path, no_tes
     ckpt = firp_checkpoint(Engine(tiny_lm.model), tmp_path)
     tree, where = measure_profile("firp", tiny_lm, ProfileConfig(2, 12), {"checkpoint": str(ckpt)}, progress=False)
     assert where == tmp_path / "firp.profile.json" and tree["family"] == "tree" and tree["steps"] > 0
-    assert tree["budget"]["sources"] == ["gsm8k-train", "xsum-train"] and tree["budget"]["prompts"] == 2
+    assert tree["budget"]["sources"] == list(TUNING_SETS) == ["gsm8k-train", "xsum-train", "chat-train", "code-train"]
+    assert tree["budget"]["prompts"] == 4  # one per tuning set
+    assert set(tree["by_source"]) <= set(tree["budget"]["sources"])
     for key, freq in tree["paths"].items():  # a node is accepted only when its parent is
         parent = key.rpartition(".")[0]
         assert 0 < freq <= (tree["paths"][parent] if parent else 1.0)
@@ -70,9 +73,9 @@ def test_profiles_are_measured_on_the_tuning_sets_only(tiny_lm, tmp_path, no_tes
     assert len(drafted) == len(accepted) == chain["k_max"] == 16 and where.name == "pld.profile.json"
     assert all(a <= d for a, d in zip(accepted, drafted)) and drafted == sorted(drafted, reverse=True)
     for pooled in (tree, chain):  # the same numbers per tuning set: its steps add up to the pooled ones
-        assert set(pooled["by_source"]) == {"gsm8k-train", "xsum-train"}
+        assert set(pooled["by_source"]) == set(TUNING_SETS)
         assert sum(part["steps"] for part in pooled["by_source"].values()) == pooled["steps"]
-    parts = [chain["by_source"][s] for s in ("gsm8k-train", "xsum-train")]
+    parts = [chain["by_source"][s] for s in TUNING_SETS]
     assert chain["accepted_at_least"][0] == pytest.approx(
         sum(p["accepted_at_least"][0] * p["steps"] for p in parts) / chain["steps"], abs=1e-5)
 
@@ -86,7 +89,7 @@ def test_grid_profile_has_every_point(tiny_lm, monkeypatch):
     assert [p["options"]["window"] for p in grid["points"]] == [2, 3]
     assert all(p["tokens_per_step"] >= 1 and p["positions"] > 1 for p in grid["points"])
     for i, point in enumerate(grid["points"]):
-        parts = [grid["by_source"][s]["points"][i] for s in ("gsm8k-train", "xsum-train")]
+        parts = [grid["by_source"][s]["points"][i] for s in TUNING_SETS]
         assert all(p["options"] == point["options"] for p in parts)
         assert sum(p["steps"] for p in parts) == point["steps"]
 
@@ -176,7 +179,8 @@ def test_step_times_alternate_between_subjects_on_every_prompt(tiny_lm, monkeypa
 
     monkeypatch.setattr(plans, "_stepper", logged)
     got = plans._alternating(dec, {"c1": None, "ar": dec.method("ar", {})})
-    assert order == ["c1", "ar"] * 3 and set(got) == {"c1", "ar"} and min(got.values()) > 0
+    assert len(dec.prompts) == 4 and order == ["c1", "ar"] * (1 + len(dec.prompts))  # one untimed round, then each prompt
+    assert set(got) == {"c1", "ar"} and min(got.values()) > 0
 
 
 def test_costmodel_update_needs_drafts_and_the_same_model(tiny_model_dir, tmp_path):

@@ -35,7 +35,7 @@ def test_train_firp_writes_weights_and_sidecar_then_runs(tiny_model_dir, isolate
     out = isolated_cache / "firp-tiny.safetensors"
     side = train_tiny(tiny_model_dir, "firp", out, "--layers", "1,2")
     assert side["config"] == {"layers": [1, 2], "steps": 2, "mask": "serial", "source": "previous"}
-    assert side["data"]["splits"].startswith("training only") and side["data"]["sequences"] == 4
+    assert side["data"]["splits"].startswith("training only") and side["data"]["sequences"] == 8  # 2 from each of the 4 sources
     assert len(side["heldout_topk"]) == 2 and side["train_seconds"] >= 0
     run = run_tiny(tiny_model_dir, "firp", isolated_cache / "run", f"checkpoint={out}", "tree=chain-2")
     assert run.exit_code == 0, run.output

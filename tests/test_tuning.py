@@ -34,7 +34,7 @@ def test_tune_lookahead_writes_csv_and_json_from_training_prompts_only(tiny_mode
     assert [(r["window"], r["ngram"], r["guess"]) for r in rows] == [("2", "2", "1"), ("3", "3", "2")]
     assert all(float(r["lossless_rate"]) == 1.0 and float(r["tau"]) >= 1.0 and float(r["speedup"]) > 0 for r in rows)
     result = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert result["ar"]["tau"] == 1.0 and result["ar"]["positions"] == 1.0 and result["budget"]["prompts"] == 2
+    assert result["ar"]["tau"] == 1.0 and result["ar"]["positions"] == 1.0 and result["budget"]["prompts"] == 4  # one per tuning set
     assert result["best"] in result["rows"] and float(rows[1]["positions"]) > float(rows[1]["draft_size"]) + 1
     assert "best: W=" in res.output
 
@@ -63,5 +63,6 @@ def test_tune_pld_sweeps_k_through_the_runner(tiny_model_dir, tmp_path):
     rows = list(csv.DictReader((tmp_path / f"{tiny_model_dir.name}-cpu.csv").open()))
     assert [r["k"] for r in rows] == ["1", "3"] and all(float(r["lossless_rate"]) == 1.0 for r in rows)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["datasets"] == ["gsm8k-train", "xsum-train"] and "pld:k3" in manifest["methods"]
+    assert manifest["datasets"] == ["gsm8k-train", "xsum-train", "chat-train", "code-train"]
+    assert "pld:k3" in manifest["methods"]
     assert "best: k=" in res.output

@@ -1,9 +1,9 @@
 """Benchmark datasets: bundled JSONL files (or the hub, on request), stratified subsets, chat prompts.
 
 Evaluation reads test sets only (GSM8K test, XSum test, MT-bench, Spec-Bench); drafter training
-reads `training_prompts()` (GSM8K train, XSum validation) and tuning reads TUNING_SETS, the same
-training splits from their end. Every file is checked strictly before any model is loaded
-(harness/bench/jsonl.py).
+reads `training_prompts()` (training splits: harness/bench/sources.py) and tuning reads
+TUNING_SETS, parts of the same splits that training never reads. Every file is checked strictly
+before any model is loaded (harness/bench/jsonl.py).
 """
 
 from __future__ import annotations
@@ -21,21 +21,28 @@ from harness.bench.jsonl import (
     turns_field,
     unique_ids,
 )
+from harness.bench.sources import (
+    GSM8K_INSTRUCTION,
+    HELD_BACK,
+    ORIGINAL,
+    XSUM_INSTRUCTION,
+    source_prompts,
+    tuning_items,
+)
 
 __all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "measured", "chat_prompt", "training_prompts"]
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
 DATASETS = ("gsm8k", "xsum", "mt-bench", "spec-bench")
 PATH_KINDS = ("jsonl:", "specbench:")  # a user's file: prompt/reference/id/category, or Spec-Bench's format
-# Tuning sets (method defaults, tree shapes): training splits read from the end, so that they do
-# not overlap the drafter-training prompts, which are read from the start. Never for evaluation.
-TUNING_SETS = ("gsm8k-train", "xsum-train")
+# Tuning sets (method defaults, tree shapes, acceptance profiles), never for evaluation: GSM8K
+# train and XSum validation read from the end (drafter training reads them from the start); chat
+# and code: the parts of the instruction and MBPP sources held back from training (sources.py).
+TUNING_SETS = ("gsm8k-train", "xsum-train", "chat-train", "code-train")
 
 # Fields that say one thing two ways: an item with both is refused (one would be ignored unread).
 SAME_THING = (("prompt", "turns"), ("id", "question_id"))
 
-XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\nArticle:\n{document}"
-GSM8K_INSTRUCTION = "{question}\nSolve the problem step by step, then give the final answer as a number."
 
 
 @dataclass
@@ -76,6 +83,8 @@ def all_samples(name: str, source: str = "local") -> list[Sample]:
     if name.startswith("specbench:") or name == "spec-bench":
         path = Path(name[10:]) if name.startswith("specbench:") else DATA_ROOT / "spec_bench" / "question.jsonl"
         return _conversations(name, path)
+    if name in HELD_BACK.values():
+        return [Sample(name, sid, [text]) for sid, text in tuning_items(name)]
     if name in TUNING_SETS:
         rows = _training_rows(name)
         return [_to_sample(name, i, rows[i]) for i in reversed(range(len(rows)))]
@@ -211,14 +220,14 @@ def chat_prompt(tokenizer, turns: list[str], answers: list[str]) -> list[int]:
     return tokenizer(text).input_ids
 
 
-def training_prompts(limit_per_source: int | None = None, skip: int = 0) -> list[tuple[str, str]]:
-    """(source, user prompt) pairs from the training splits only: GSM8K train questions and
-    XSum validation documents, from row `skip` on in file order. Never reads an evaluation file."""
-    end = skip + limit_per_source if limit_per_source else None
-    gsm, xsum = _training_rows("gsm8k")[skip:end], _training_rows("xsum")[skip:end]
-    out = [("gsm8k-train", GSM8K_INSTRUCTION.format(question=r["question"])) for r in gsm]
-    out += [("xsum-validation", XSUM_INSTRUCTION.format(document=r["document"])) for r in xsum]
-    return out
+def training_prompts(limit_per_source: int | None = None, skip: int = 0,
+                     mix: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(source, user prompt) pairs from the training splits only (harness/bench/sources.py):
+    `mix[source]` prompts of each, or `limit_per_source` of GSM8K train and XSum validation (all
+    of them when None), from item `skip` on in file order. Never reads an evaluation file."""
+    if mix is None:
+        mix = {s: limit_per_source if limit_per_source else len(_training_rows(s)) - skip for s in ORIGINAL}
+    return source_prompts(mix, skip)
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

@@ -105,12 +105,22 @@ def predicted_speedups(run_dir: Path) -> dict[str, dict]:
     return {m: c["plan"] for m, c in configs.items() if "predicted_speedup" in c.get("plan", {})}
 
 
-def predicted_for(plan: dict | None, dataset: str) -> float | None:
-    """The speedup planned for `dataset`: on the tuning set of its kind (`<dataset>-train`) when the
-    profile had one, else over all tuning sets."""
+# The tuning set of each evaluation set's kind of text (and of Spec-Bench's and MT-bench's
+# categories): what a plan's prediction for it is read from, when the profile measured that set.
+TUNING_KIND = {"gsm8k": "gsm8k-train", "xsum": "xsum-train", "mt-bench": "chat-train",
+               "coding": "code-train", "math": "gsm8k-train", "math_reasoning": "gsm8k-train",
+               "summarization": "xsum-train", **{c: "chat-train" for c in (
+                   "writing", "roleplay", "reasoning", "extraction", "stem", "humanities", "translation", "qa", "rag")}}
+
+
+def predicted_for(plan: dict | None, dataset: str, category: str | None = None) -> float | None:
+    """The speedup planned for `dataset` (a category of it, when the table is by category): on the
+    tuning set of its kind of text (TUNING_KIND) when the profile had one, else over all tuning sets."""
     if not plan:
         return None
-    return plan.get("predicted_by_source", {}).get(f"{dataset}-train", plan["predicted_speedup"])
+    kind = TUNING_KIND.get(category) if category and category != NO_GROUP else None
+    kind = kind or TUNING_KIND.get(dataset, f"{dataset}-train")
+    return plan.get("predicted_by_source", {}).get(kind, plan["predicted_speedup"])
 
 
 def shard_notes(run_dir: Path) -> list[str]:
@@ -135,8 +145,9 @@ def report(run_dir: Path, write: bool = True, by: tuple[str, ...] = ()) -> str:
     summary, skipped = summary_of(run_dir, by=by)
     predicted = predicted_speedups(run_dir)
     if predicted and not summary.empty:
-        summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d)
-                                                    for m, d in zip(summary["method"], summary["dataset"])])
+        categories = summary["category"] if "category" in summary else [None] * len(summary)
+        summary = summary.assign(predicted_speedup=[predicted_for(predicted.get(m), d, c) for m, d, c
+                                                    in zip(summary["method"], summary["dataset"], categories)])
     shown = by + tuple(c for c in SETTINGS if c in summary and c not in by)  # never across settings (or hardware)
     text = table(summary, shown).to_markdown(index=False) if not summary.empty else "(no decoded records)"
     notes = control_verdicts(summary, shown) + ungrouped(summary, by) + shard_notes(run_dir)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from harness.bench.data import DataError
+from harness.bench.sources import ORIGINAL, SOURCES, parse_sources, resolve_mix
 from harness.cli.common import (
     FiniteFloat,
     InputError,
@@ -47,7 +49,11 @@ def corpus_options(fn):
                      help="Drafted positions per sequence."),
         click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=TrainConfig.lr, show_default=True),
         click.option("--per-source", type=AT_LEAST_1, default=CorpusConfig.per_source, show_default=True,
-                     help="Prompts per training split (GSM8K train, XSum validation)."),
+                     help="Prompts per training source (at most the source's training part)."),
+        click.option("--sources", default=",".join(SOURCES), show_default=True, callback=_sources,
+                     help="Training sources, SOURCE or SOURCE=N (N prompts; else --per-source): gsm8k-train, "
+                          "xsum-validation, instructions (chat requests), mbpp-train (code); training splits only, "
+                          "chat and code without their held-back tuning parts."),
         click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--name", default=None, help="Checkpoint name (default: the method's name)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -58,8 +64,17 @@ def corpus_options(fn):
     return fn
 
 
+def _sources(ctx, param, value: str):
+    try:
+        return parse_sources(value)
+    except DataError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
 def configs(kw: dict) -> tuple[CorpusConfig, TrainConfig]:
-    corpus = CorpusConfig(per_source=kw["per_source"])
+    mix = resolve_mix(kw["sources"], kw["per_source"])
+    original = mix == {s: kw["per_source"] for s in ORIGINAL}  # the corpus of drafters trained before chat and code
+    corpus = CorpusConfig(per_source=kw["per_source"], mix=None if original else tuple(mix.items()))
     cfg = TrainConfig(steps=kw["train_steps"], batch=kw["batch"], positions=kw["positions"], lr=kw["lr"], seed=kw["seed"])
     return corpus, cfg
 
@@ -262,7 +277,8 @@ def analyze() -> None:
 @corpus_options
 def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **kw) -> None:
     """Top-k accuracy per step (Fig 3), pseudo-vs-real cosine (Fig 4), step-1 accuracy per layer (Fig 5),
-    on training-split prompts no drafter trained on (--per-source of them from --skip on).
+    on training-split prompts no drafter trained on (--per-source of GSM8K train and XSum validation
+    each, from --skip on; --sources does not apply).
     --out: the JSON written (default results/analysis/<model>/analysis.json)."""
     from harness.analysis.analyses import analyze_firp
     from harness.bench.results import RESULTS_ROOT, write_json
@@ -281,7 +297,7 @@ def analyze_firp_cmd(layers, firp_name, medusa_name, sweep, also, skip, out, **k
         reused = None if sweep is None else sweep_step1(sweep, key)
         lm = load_model(kw["model"], kw["device"], kw["dtype"])
     corpus, cfg = configs(kw)
-    corpus = replace(corpus, skip=_past_training([firp, *others.values()]) if skip is None else skip)
+    corpus = replace(corpus, mix=None, skip=_past_training([firp, *others.values()]) if skip is None else skip)
     try:
         result = analyze_firp(lm, firp, others, corpus, cfg, layers=probed, sweep=reused)
     except (FileNotFoundError, ValueError) as err:

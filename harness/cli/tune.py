@@ -32,7 +32,7 @@ def sweep_options(fn):
     """Options every sweep shares."""
     opts = [
         click.option("--num-prompts", type=AT_LEAST_1, default=8, show_default=True,
-                     help="Training-split prompts, half from GSM8K train and half from XSum validation."),
+                     help="Tuning-set prompts, split evenly over gsm8k-train, xsum-train, chat-train and code-train."),
         click.option("--max-new-tokens", type=AT_LEAST_1, default=64, show_default=True),
         click.option("--model", default=DEFAULT_MODEL, show_default=True),
         device_option,
@@ -119,7 +119,7 @@ def tune_method_cmd(name, vary, **kw) -> None:
 @tune.command("profile")
 @click.argument("name")
 @click.option("--num-prompts", type=AT_LEAST_1, default=16, show_default=True,
-              help="Training-split prompts, half from GSM8K train and half from XSum validation.")
+              help="Tuning-set prompts, split evenly over gsm8k-train, xsum-train, chat-train and code-train.")
 @click.option("--max-new-tokens", type=AT_LEAST_1, default=128, show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @device_option

@@ -39,7 +39,8 @@ def save_checkpoint(path: Path, module: torch.nn.Module, sidecar: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = getattr(module, "storage_dtype", torch.float32)
-    state = {k: v.detach().contiguous().cpu().to(dtype) for k, v in module.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu().to(dtype) if v.is_floating_point() else v.detach().contiguous().cpu()
+             for k, v in module.state_dict().items()}  # index tensors (EAGLE-3's d2t) keep their type
     save_file(state, str(path))
     path.with_suffix(".json").write_text(json.dumps({**sidecar, "weights": path.name}, indent=2) + "\n")
 

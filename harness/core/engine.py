@@ -213,6 +213,17 @@ class Engine:
         states entering the `capture` layers: ({layer: [B, T, d]}, last-layer output [B, T, d])."""
         B, T = ids.shape
         ctx = self.context(torch.arange(T, device=self.device).expand(B, T), None, cache)
+        return self._capturing(ids, ctx, capture)
+
+    def forward_capturing(self, ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None,
+                          cache: KVCache | None, capture: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """`forward` (counted) that also keeps the hidden states entering the `capture` layers:
+        ({layer: [B, N, d]}, last-layer output [B, N, d]) (drafters reading several layers)."""
+        hidden_at, h = self._capturing(ids, self.context(positions, tree_mask, cache), capture)
+        self.count(h.shape[1])
+        return hidden_at, h
+
+    def _capturing(self, ids: torch.Tensor, ctx: Context, capture: tuple[int, ...]):
         h, lo, hidden_at = self.embed(ids), 0, {}
         for layer in sorted(set(capture)):
             h = self.run_layers(h, ctx, lo, layer)

@@ -4,7 +4,8 @@ A shard is a run of a few consecutive samples of one dataset of a grid point (wh
 shard_size is a multiple of the point's largest batch size), with every method of the point,
 its baseline and A/A control included, so each speedup is paired within the shard, on one
 device. A worker loads each model once and decodes shard after shard: each as a `Runner` over
-its samples only, in a scratch directory of its own; it hands back the records (stamped with the
+its samples only, in a scratch directory of its own (the untimed warm-up only in a point's first
+shard in this process: the process is warm after it); it hands back the records (stamped with the
 shard and the hardware they were timed on) and where they were made. Nothing reaches the sweep
 directory from a worker: the driver writes it.
 """
@@ -54,6 +55,7 @@ class ShardWorker:
 
     def __init__(self):
         self._models: dict[tuple, object] = {}  # (model, device, dtype) -> loaded once
+        self._warmed: set[tuple] = set()  # points this process has warmed up (later shards skip it)
 
     def model(self, cfg):
         from harness.core.modelload import load_model
@@ -71,6 +73,8 @@ class ShardWorker:
         try:
             cfg = run_config(out=scratch / "run", **dict(shard.options))
             cfg.only = {shard.dataset: list(shard.samples)}
+            cfg.warmup = cfg.warmup and shard.options not in self._warmed  # once per point and process
+            self._warmed.add(shard.options)
             runner = Runner(cfg, progress=False, lm=self.model(cfg))
             runner.run()
             manifest, records = load_run(runner.out)
@@ -78,7 +82,7 @@ class ShardWorker:
             shutil.rmtree(scratch, ignore_errors=True)
         made = base_manifest(manifest["device"])
         provenance = {"host": socket.gethostname(), "hardware": made["hardware"], "libraries": made["libraries"],
-                      "git": made["git"], "session": manifest["session"]}
+                      "git": made["git"], "session": manifest["session"], "warmed_up": cfg.warmup}
         where = hardware_id(made["hardware"])
         records = [{**r, "shard": shard.id, "hardware": where} for r in records]
         return {"shard": shard.id, "records": records, "manifest": manifest, "provenance": provenance}

@@ -1,5 +1,6 @@
-"""Self-distillation corpus for drafter training: prompts from the training splits only
-(GSM8K train, XSum validation), answered greedily by the target model itself.
+"""Self-distillation corpus for drafter training: prompts from the training splits only (GSM8K
+train and XSum validation; with `mix`, also chat instructions and MBPP's training tasks:
+harness/bench/sources.py), answered greedily by the target model itself.
 
 The corpus is generated once per (model, settings) and cached as JSONL, since generating it is
 the slow part of training on a CPU.
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from harness.bench.data import chat_prompt, training_prompts
+from harness.bench.sources import HELD_BACK, HOLD_EVERY, ORIGINAL, SOURCE_FILES
 from harness.core.modelload import LoadedModel, cache_root
 
 
@@ -26,6 +28,11 @@ class CorpusConfig:
     max_prompt_tokens: int = 640  # longer prompts keep their last tokens
     batch: int = 16
     skip: int = 0  # prompts skipped at the start of each split (an analysis corpus disjoint from training)
+    mix: tuple[tuple[str, int], ...] | None = None  # (source, prompts) each; None: per_source of GSM8K and XSum
+
+    def sources(self) -> dict[str, int]:
+        """Prompts read from each training source."""
+        return dict(self.mix) if self.mix else {s: self.per_source for s in ORIGINAL}
 
     def prompt_range(self) -> range:
         """Row indices read from each training split."""
@@ -33,9 +40,11 @@ class CorpusConfig:
 
 
 def trained_rows(sidecar: dict) -> range:
-    """The prompt rows (per split) a checkpoint trained on, from its sidecar's data summary."""
+    """The GSM8K train / XSum validation rows a checkpoint trained on (the widest of the two), from
+    its sidecar's data summary."""
     data = sidecar.get("data", {})
-    return range(data.get("skip", 0), data.get("skip", 0) + data.get("per_source", 0))
+    counts = [n for s, n in (data.get("mix") or {}).items() if s in ORIGINAL] or [data.get("per_source", 0)]
+    return range(data.get("skip", 0), data.get("skip", 0) + max(counts))
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Sequence:
 
 
 def corpus_path(lm: LoadedModel, cfg: CorpusConfig) -> Path:
-    fields = {k: v for k, v in asdict(cfg).items() if k != "skip" or v}  # skip=0: tags of older caches hold
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("skip", "mix") or v}  # tags of older caches hold
     tag = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     return cache_root() / "distill" / lm.key / f"corpus-{tag}.jsonl"
 
@@ -63,7 +72,7 @@ def load_corpus(lm: LoadedModel, cfg: CorpusConfig, progress: bool = True) -> li
 def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bool = True) -> None:
     tok, model = lm.tokenizer, lm.model
     prompts = [(src, chat_prompt(tok, [text], [])[-cfg.max_prompt_tokens:])
-               for src, text in training_prompts(cfg.per_source, cfg.skip)]
+               for src, text in training_prompts(skip=cfg.skip, mix=cfg.sources())]
     prompts.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
     eos = tok.eos_token_id
     rows = []
@@ -90,6 +99,9 @@ def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bo
 
 def corpus_summary(cfg: CorpusConfig, seqs: list[Sequence]) -> dict:
     """What a checkpoint's sidecar says about its training data."""
-    return {"sources": ["datasets/gsm8k/train.jsonl", "datasets/xsum/validation-1000.jsonl"],
-            "splits": "training only (GSM8K train, XSum validation)", "answers": "target model, greedy",
-            "sequences": len(seqs), "tokens": sum(len(s.ids) for s in seqs), **asdict(cfg)}
+    mix = cfg.sources()
+    return {**asdict(cfg), "sources": {src: SOURCE_FILES[src] for src in mix}, "mix": mix,
+            "splits": "training only (" + ", ".join(mix) + "; chat and code without their held-back tuning parts)",
+            "held_back": {src: f"item i with i % {HOLD_EVERY} == {HOLD_EVERY - 1} (tuning set {HELD_BACK[src]})"
+                          for src in mix if src in HELD_BACK},
+            "answers": "target model, greedy", "sequences": len(seqs), "tokens": sum(len(s.ids) for s in seqs)}

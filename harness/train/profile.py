@@ -45,7 +45,7 @@ ROOM = 256  # KV slots past prompt + budget (the runner's slack)
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    num_prompts: int = 16  # split evenly over the two tuning sets
+    num_prompts: int = 16  # split evenly over the tuning sets (rounded up)
     max_new_tokens: int = 128
 
 
@@ -62,7 +62,7 @@ class Decoder:
     def __init__(self, lm, cfg: ProfileConfig, progress: bool = True):
         self.lm, self.cfg, self.progress = lm, cfg, progress
         self.engine = Engine(lm.model)
-        self.tuning = tuning_prompts(lm, max(1, -(-cfg.num_prompts // 2)))  # (tuning set, ids) pairs
+        self.tuning = tuning_prompts(lm, max(1, -(-cfg.num_prompts // len(TUNING_SETS))))  # (tuning set, ids) pairs
         self.cache = self.engine.new_cache(max(map(len, self.prompts)) + cfg.max_new_tokens + ROOM)
         eos = lm.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {lm.tokenizer.eos_token_id} - {None}

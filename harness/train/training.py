@@ -44,10 +44,13 @@ class Batch:
     hang: torch.Tensor  # [B, m] positions t whose future is drafted
     hang_ok: torch.Tensor  # [B, m] bool: a real (not padding) entry
     final: torch.Tensor | None = None  # [B, T, d] the target's last-layer output, when cached (FinalCache)
+    hidden_at: dict[int, torch.Tensor] | None = None  # layer -> [B, T, d] its input, when cached (FinalCache)
 
     def to(self, device: torch.device | str) -> "Batch":
         final = None if self.final is None else self.final.to(device)
-        return Batch(self.ids.to(device), self.lengths.to(device), self.hang.to(device), self.hang_ok.to(device), final)
+        hidden = None if self.hidden_at is None else {k: v.to(device) for k, v in self.hidden_at.items()}
+        return Batch(self.ids.to(device), self.lengths.to(device), self.hang.to(device), self.hang_ok.to(device), final,
+                     hidden)
 
 
 def split_corpus(seqs: list[Sequence], cfg: TrainConfig) -> tuple[list[Sequence], list[Sequence]]:
@@ -108,29 +111,41 @@ def teacher_final(engine: Engine, batch: Batch) -> torch.Tensor:
 
 
 class FinalCache:
-    """The frozen model's last-layer output per training sequence, computed on first use and kept
-    on the host: a drafter that reads nothing else (`reads_final_only`: EAGLE, Medusa on the last
-    layer) then costs one target forward per sequence for the whole training instead of one per
-    step. Keyed by the Sequence object (the corpus lives as long as the training); float32 rows
-    [len, d] per sequence: about 1.5 GB for the 1,600-sequence corpus at d = 576."""
+    """The frozen model's last-layer output per training sequence (and the inputs of `layers`, for
+    a drafter reading several: EAGLE-3), computed on first use and kept on the host: a drafter
+    that reads nothing else (`reads_final_only`, or `reads_layers`) then costs one target forward
+    per sequence for the whole training instead of one per step. Keyed by the Sequence object (the
+    corpus lives as long as the training). Final rows in float32 ([len, d] per sequence: about 1.5
+    GB for a 1,600-sequence corpus at d = 576); layer rows in `layer_dtype` (bfloat16 by default:
+    half the memory, a relative rounding of 2^-8 on the drafter's inputs)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, layers: tuple[int, ...] = (), layer_dtype: torch.dtype = torch.bfloat16):
         self.engine, self.rows = engine, {}
+        self.layers, self.layer_dtype = tuple(sorted(set(layers))), layer_dtype
 
     def fill(self, batch: Batch, seqs: list[Sequence]) -> Batch:
-        """Sets batch.final from the cache, running the teacher over the sequences not seen yet."""
+        """Sets batch.final (and batch.hidden_at) from the cache, running the teacher over the
+        sequences not seen yet."""
         missing = [b for b, s in enumerate(seqs) if id(s) not in self.rows]
         if missing:
-            final = teacher_pass(self.engine, batch.ids[missing]).final  # [b', T, d]
+            teacher = teacher_pass(self.engine, batch.ids[missing], self.layers)
             for j, b in enumerate(missing):
-                self.rows[id(seqs[b])] = final[j, : int(batch.lengths[b])].float().cpu()
-        B, T = batch.ids.shape
-        out = torch.zeros(B, T, self.engine.hidden_size, device="cpu")  # [B, T, d] on the host, zero past each end
-        for b, s in enumerate(seqs):
-            row = self.rows[id(s)]
-            out[b, : row.shape[0]] = row
-        batch.final = out.to(self.engine.device, self.engine.dtype)
+                n = int(batch.lengths[b])
+                layers = {i: teacher.hidden_at[i][j, :n].to("cpu", self.layer_dtype) for i in self.layers}
+                self.rows[id(seqs[b])] = (teacher.final[j, :n].float().cpu(), layers)
+        batch.final = self._stack(seqs, batch, lambda row: row[0])
+        if self.layers:
+            batch.hidden_at = {i: self._stack(seqs, batch, lambda row, i=i: row[1][i]) for i in self.layers}
         return batch
+
+    def _stack(self, seqs: list[Sequence], batch: Batch, pick) -> torch.Tensor:
+        """[B, T, d] of the cached rows `pick` selects, zero past each end, on the engine's device."""
+        B, T = batch.ids.shape
+        out = torch.zeros(B, T, self.engine.hidden_size, device="cpu")
+        for b, s in enumerate(seqs):
+            row = pick(self.rows[id(s)])
+            out[b, : row.shape[0]] = row.float()
+        return out.to(self.engine.device, self.engine.dtype)
 
 
 def _batch(seqs: list[Sequence], cfg: TrainConfig, rng: random.Random, engine: Engine,
@@ -195,7 +210,8 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progr
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses, t0 = [], time.perf_counter()
-    cache = FinalCache(engine) if getattr(drafter, "reads_final_only", False) else None
+    layers = tuple(getattr(drafter, "reads_layers", ()))
+    cache = FinalCache(engine, layers) if getattr(drafter, "reads_final_only", False) or layers else None
     before = evaluate(drafter, engine, held, cfg, cache)
     bar = tqdm(range(cfg.steps), desc=f"train {drafter.kind}", disable=not progress)
     for step in bar:

@@ -30,7 +30,7 @@ METRICS = ("tau", "accept_len", "draft_size", "positions", "tokens_per_s", "spee
 
 @dataclass(frozen=True)
 class SweepConfig:
-    num_prompts: int = 8  # split evenly over the two tuning sets
+    num_prompts: int = 8  # split evenly over the tuning sets (rounded up)
     max_new_tokens: int = 64
     seed: int = 0  # of the method order and the bootstrap
 
@@ -73,7 +73,8 @@ def sweep(method: str, grid: list[Point], cfg: SweepConfig, model: str, device: 
         registry.get(method).resolve_options(dict(point))
     out_dir = Path(out_dir) if out_dir else results.RESULTS_ROOT / "tuning" / method
     run = RunConfig(methods=list(labels), datasets=list(TUNING_SETS), model=model, device=device, dtype=dtype,
-                    num_samples=max(1, -(-cfg.num_prompts // 2)), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                    num_samples=max(1, -(-cfg.num_prompts // len(TUNING_SETS))), max_new_tokens=cfg.max_new_tokens,
+                    seed=cfg.seed,
                     method_args={lab: {k: str(v) for k, v in p.items()} for lab, p in labels.items()},
                     out=out_dir / "run", overwrite=(out_dir / "run").exists(), telemetry=False)
     t0 = time.time()
@@ -91,7 +92,7 @@ def sweep(method: str, grid: list[Point], cfg: SweepConfig, model: str, device: 
 
 
 def pooled_summary(run_dir: Path, seed: int):
-    """metrics.summarize over both tuning sets together (samples kept apart by dataset)."""
+    """metrics.summarize over the tuning sets together (samples kept apart by dataset)."""
     _, records = records_io.load_run(run_dir)
     pooled = [{**r, "sample_id": f"{r['dataset']}/{r['sample_id']}", "dataset": "tuning-sets"} for r in records]
     return metrics.summarize(pooled, baseline=registry.BASELINE, seed=seed)
