@@ -63,7 +63,7 @@ from harness.core.planning.shapes import (
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_final
 from methods.eagle_released import released_head
-from methods.eagle_tree import TREE_SIZES, DraftTree, check_sizes, path_rows
+from methods.eagle_tree import TREE_SIZES, DraftTree, check_sizes, committed, path_rows
 
 SHAPES = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "hidden_act")
 LOSS = {"feature": 1.0, "token": 0.1, "noise": 0.2}  # EAGLE's v_w, p_w and uniform noise std
@@ -246,8 +246,7 @@ class Eagle(Method):
     def features(self, hidden: torch.Tensor, rows: torch.Tensor | None, top: int) -> torch.Tensor:
         """[B, top, d] the head's input features of the committed rows: rows [B, top] of the last
         forward (None: its first top rows, a prefill); EAGLE-1/2's are the target's normed output."""
-        picked = hidden[:, :top] if rows is None else hidden.gather(1, rows[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        return self.engine.norm(picked)
+        return self.engine.norm(committed(hidden, rows, top))
 
     def observe(self, hidden: torch.Tensor, tree: Tree | None, step: Step) -> None:
         """Keep the features of each sequence's newly committed rows and their next tokens (but the

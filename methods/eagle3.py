@@ -39,6 +39,7 @@ from harness.core.engine import Context, Engine, cache_keyword
 from harness.core.method import Option
 from harness.core.tree import Tree
 from methods.eagle import SHAPES, Eagle
+from methods.eagle_tree import committed
 
 UNROLL = 4  # training-time-test steps (the paper's code unrolls 7; 4 covers the depths planned on a CPU)
 
@@ -199,6 +200,4 @@ class Eagle3(Eagle):
 
     def features(self, hidden: torch.Tensor, rows: torch.Tensor | None, top: int) -> torch.Tensor:
         """fc over the fused layers of the committed rows (rows [B, top]; None: the first top)."""
-        fused = self._fused
-        picked = fused[:, :top] if rows is None else fused.gather(1, rows[:, :, None].expand(-1, -1, fused.shape[-1]))
-        return self.head.fuse(picked)
+        return self.head.fuse(committed(self._fused, rows, top))

@@ -110,3 +110,9 @@ def path_rows(on_path: torch.Tensor, count: int) -> torch.Tensor:
     """[B, n] bool accepted nodes -> [B, count] each sequence's accepted indices first, ascending,
     without reading the device (count, the most accepted, is known on the host)."""
     return torch.argsort((~on_path).to(torch.int8), dim=-1, stable=True)[..., :count]
+
+
+def committed(x: torch.Tensor, rows: torch.Tensor | None, top: int) -> torch.Tensor:
+    """x [B, n, e] of a forward -> [B, top, e]: its rows `rows` [B, top] (each sequence's committed
+    path, from path_rows), or its first `top` rows when rows is None (a prefill)."""
+    return x[:, :top] if rows is None else x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))

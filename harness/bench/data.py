@@ -22,6 +22,7 @@ from harness.bench.jsonl import (
     unique_ids,
 )
 from harness.bench.sources import (
+    DATA_ROOT,
     GSM8K_INSTRUCTION,
     HELD_BACK,
     ORIGINAL,
@@ -32,7 +33,6 @@ from harness.bench.sources import (
 
 __all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "measured", "chat_prompt", "training_prompts"]
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
 DATASETS = ("gsm8k", "xsum", "mt-bench", "spec-bench")
 PATH_KINDS = ("jsonl:", "specbench:")  # a user's file: prompt/reference/id/category, or Spec-Bench's format
 # Tuning sets (method defaults, tree shapes, acceptance profiles), never for evaluation: GSM8K
@@ -225,9 +225,7 @@ def training_prompts(limit_per_source: int | None = None, skip: int = 0,
     """(source, user prompt) pairs from the training splits only (harness/bench/sources.py):
     `mix[source]` prompts of each, or `limit_per_source` of GSM8K train and XSum validation (all
     of them when None), from item `skip` on in file order. Never reads an evaluation file."""
-    if mix is None:
-        mix = {s: limit_per_source if limit_per_source else len(_training_rows(s)) - skip for s in ORIGINAL}
-    return source_prompts(mix, skip)
+    return source_prompts(mix or {s: limit_per_source or None for s in ORIGINAL}, skip)
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

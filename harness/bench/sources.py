@@ -70,13 +70,13 @@ def tuning_items(tuning_set: str) -> list[tuple[str, str]]:
     return [it for i, it in enumerate(_items(source)) if held_back(i)]
 
 
-def source_prompts(mix: dict[str, int], skip: int = 0) -> list[tuple[str, str]]:
-    """(source, user prompt) pairs: `mix[source]` items of each source's training part from item
-    `skip` on; a DataError when a source has fewer."""
+def source_prompts(mix: dict[str, int | None], skip: int = 0) -> list[tuple[str, str]]:
+    """(source, user prompt) pairs: `mix[source]` items (None: all) of each source's training part
+    from item `skip` on; a DataError when a source has fewer."""
     out = []
     for source, count in mix.items():
-        items = training_items(source)[skip:skip + count]
-        if len(items) < count:
+        items = training_items(source)[skip:None if count is None else skip + count]
+        if count is not None and len(items) < count:
             raise DataError(f"training source {source} has {len(items)} training prompts from item {skip} on; "
                             f"asked for {count}")
         out += [(source, text) for _, text in items]

@@ -4,7 +4,7 @@ On a CPU the BLAS picks its matrix kernel per shape, so one product costs very d
 written as `x @ W.T` (F.linear) or as `W @ x.T` (the weights on the left), and not smoothly in
 the rows: on the 2-core EPYC the embedded model's LM head (49152 x 576) took 15-23 ms for 2-11
 rows as F.linear and 2.5-8.7 ms with the weights on the left. `choose` times each formulation
-once per (weight shape, row count) on this machine and keeps the fastest (a switch only when it
+once per (weight shape, row count of the cost model) on this machine and keeps the fastest (a switch only when it
 is at least MARGIN faster than F.linear, so that noise does not flip it); `apply` puts a
 ChosenLinear, the same weight with the chosen product per row count, in place of every bias-free
 nn.Linear of the model (the decoder layers' projections and the LM head), so every method and
@@ -14,16 +14,17 @@ are equal up to float rounding (a changed token is diagnosed as a tie by the div
 
 from __future__ import annotations
 
-import statistics
-import time
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.core.planning.costmodel import DEFAULT_NS, round_robin
+
 Form = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [..., in], W [out, in]) -> [..., out]
-ROWS = tuple(range(1, 17)) + (20, 24, 28, 32, 48, 64)  # row counts timed (the cost model's, up to 64)
 MARGIN = 0.95  # another formulation replaces F.linear only when it takes at most this share of its time
 
 
@@ -57,29 +58,19 @@ def linear_shapes(model: nn.Module) -> set[tuple[int, int]]:
     return {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None}
 
 
-def time_form(form: Form, x: torch.Tensor, w: torch.Tensor, repeats: int) -> float:
-    """Median seconds of `form(x, w)` over `repeats` runs after one warm-up."""
-    form(x, w)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        form(x, w)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
-def choose(shapes: set[tuple[int, int]], device, dtype, rows=ROWS, repeats: int = 5,
+def choose(shapes: set[tuple[int, int]], device, dtype, rows=DEFAULT_NS, repeats: int = 5,
            forms: dict[str, Form] = FORMS) -> dict[str, dict[str, str]]:
-    """{"OUTxIN": {"n": formulation}} for every shape and row count: the fastest formulation,
-    F.linear unless another takes at most MARGIN of its time."""
+    """{"OUTxIN": {"n": formulation}} for every shape and row count (the cost model's): the fastest
+    formulation, timed in turns as the cost model times (median of `repeats`), F.linear unless
+    another takes at most MARGIN of its time."""
     table = {}
     for out, inp in sorted(shapes):
         w = torch.randn(out, inp, device=device, dtype=dtype)
         picks = {}
         for n in rows:
             x = torch.randn(n, inp, device=device, dtype=dtype)
-            times = {name: time_form(form, x, w, repeats) for name, form in forms.items()}
+            times = round_robin({name: lambda f=form: f(x, w) for name, form in forms.items()}, device, repeats, 1, None)
             best = min(times, key=times.get)
             picks[str(n)] = best if times[best] <= MARGIN * times["linear"] else "linear"
         table[f"{out}x{inp}"] = picks
@@ -90,18 +81,24 @@ def apply(model: nn.Module, table: dict[str, dict[str, str]], forms: dict[str, F
     """Every bias-free nn.Linear whose shape the table holds replaced by its ChosenLinear (the
     output embedding through set_output_embeddings); the number replaced."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def chosen(layer) -> ChosenLinear | None:
+        key = f"{layer.weight.shape[0]}x{layer.weight.shape[1]}" if isinstance(layer, nn.Linear) else None
+        if key not in table or layer.bias is not None:
+            return None
+        return ChosenLinear(layer, {int(n): f for n, f in table[key].items()}, forms)
+
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            key = f"{child.weight.shape[0]}x{child.weight.shape[1]}" if isinstance(child, nn.Linear) else None
-            if key in table and child.bias is None and child is not head:
-                setattr(parent, name, ChosenLinear(child, {int(n): f for n, f in table[key].items()}, forms))
+            new = chosen(child) if child is not head else None
+            if new is not None:
+                setattr(parent, name, new)
                 replaced += 1
-    if isinstance(head, nn.Linear) and head.bias is None:
-        key = f"{head.weight.shape[0]}x{head.weight.shape[1]}"
-        if key in table:
-            model.set_output_embeddings(ChosenLinear(head, {int(n): f for n, f in table[key].items()}, forms))
-            replaced += 1
+    new_head = chosen(head)
+    if new_head is not None:
+        model.set_output_embeddings(new_head)
+        replaced += 1
     return replaced
 
 
@@ -109,9 +106,6 @@ def load_or_choose(path, shapes: set[tuple[int, int]], device, dtype, timing: bo
                    forms: dict[str, Form] = FORMS) -> dict[str, dict[str, str]]:
     """The table cached at `path` (JSON) when it covers `shapes`; else, with timing, chosen now and
     cached there; without timing, an empty table (F.linear everywhere)."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     if path.exists():
         table = json.loads(path.read_text())

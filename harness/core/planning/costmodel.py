@@ -75,7 +75,7 @@ def _verify_forward(engine: Engine, cache, ids: torch.Tensor, prefix: int) -> Ca
     return lambda: engine.logits(engine.forward(ids, positions, mask, cache)[0]).argmax(dim=-1)
 
 
-def _round_robin(ops: dict, device, repeats: int, warmup: int, desc: str | None) -> dict:
+def round_robin(ops: dict, device, repeats: int, warmup: int, desc: str | None) -> dict:
     """Median seconds of each op, timed in turns (warm-up rounds dropped)."""
     times: dict = {key: [] for key in ops}
     for rep in tqdm(range(warmup + repeats), desc=desc, unit="round", disable=desc is None, leave=False):
@@ -102,7 +102,7 @@ def measure(engine: Engine, ns=DEFAULT_NS, prefix: int = DEFAULT_PREFIX, repeats
     vocab = engine.config.vocab_size
     ops = {n: _verify_forward(engine, cache, torch.randint(0, vocab, (n,), generator=gen).to(engine.device), prefix)
            for n in ns}
-    median = _round_robin(ops, engine.device, repeats, warmup, "cost model c(n)" if progress else None)
+    median = round_robin(ops, engine.device, repeats, warmup, "cost model c(n)" if progress else None)
     seconds = [median[n] for n in ns]
     return {"prefix": prefix, "repeats": repeats, "n": ns, "seconds": seconds,
             "ratio": [s / seconds[0] for s in seconds]}
@@ -119,7 +119,7 @@ def one_row_forward(engine: Engine, prefix: int = DEFAULT_PREFIX) -> Callable[[]
 def draft_ratio(engine: Engine, op: Callable[[], object], prefix: int = DEFAULT_PREFIX, repeats: int = 9) -> float:
     """Seconds of one draft operation `op` over seconds of a one-row target forward c(1), timed
     round-robin on the same device."""
-    median = _round_robin({"c1": one_row_forward(engine, prefix), "draft": op}, engine.device, repeats, 2, None)
+    median = round_robin({"c1": one_row_forward(engine, prefix), "draft": op}, engine.device, repeats, 2, None)
     return median["draft"] / median["c1"]
 
 
