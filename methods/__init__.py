@@ -39,6 +39,12 @@ def runnable(model_key: str) -> list[str]:
     return out
 
 
+def for_device(model_key: str, device_kind: str) -> list[str]:
+    """`--methods default`: the methods of `all` worth timing on this kind of device (a method
+    only worth timing on an accelerator, such as ar-graph's CUDA graphs, left out elsewhere)."""
+    return [n for n in runnable(model_key) if get(n).accelerator in (None, device_kind)]
+
+
 def get(name: str):
     """The method class registered as `name`, or as NAME in a label `NAME:LABEL` (a second
     configuration of a method in the same run); KeyError lists the valid names."""

@@ -24,6 +24,7 @@ class ARGraph(Method):
     summary = "autoregressive greedy decoding, static shapes + CUDA graph (launch-lean baseline)"
     options = (Option("graph", "bool", True, "capture the step as a CUDA graph on CUDA (false: the static step eagerly)"),)
     drafts = False
+    accelerator = "cuda"  # on a CPU the static step runs eagerly: a rehearsal, not a baseline
 
     def __init__(self, engine, model_key: str, **values):
         super().__init__(engine, model_key, **values)

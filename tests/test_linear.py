@@ -1,9 +1,12 @@
 """The linear-formulation chooser: it keeps the faster of two planted formulations, caches its
 table, leaves F.linear everywhere without timing; the chosen layers compute the same products and
-decode the same tokens."""
+decode the same tokens; a model is switched between auto and off, and a cached cost model measured
+with other formulations is measured again."""
 
+import json
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model
@@ -11,12 +14,19 @@ from conftest import tiny_model
 from harness.core.decoding import decode
 from harness.core.engine import Engine
 from harness.core.linear import (
+    PLAIN,
     ChosenLinear,
     apply,
+    chosen_layers,
+    digest,
+    engage,
     linear_shapes,
     load_or_choose,
+    roofline,
+    table_of,
     weights_left,
 )
+from harness.core.planning import costmodel
 from methods.autoregressive import Autoregressive
 
 
@@ -63,3 +73,53 @@ def test_a_model_with_chosen_layers_decodes_the_same_tokens():
     engine = Engine(model)
     got = decode(Autoregressive(engine, "tiny"), [5, 6, 7, 8], 20, set(), engine.new_cache(64)).output_ids
     assert got == ref
+
+
+def hand_table(model, rows=range(1, 17)):
+    return {f"{o}x{i}": {str(n): "left" for n in rows} for o, i in linear_shapes(model)}
+
+
+def test_engage_switches_a_model_between_chosen_and_plain_layers(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(hand_table(model, (2, 3))))  # cached: nothing timed
+    shapes = {f"{o}x{i}" for o, i in linear_shapes(model)}
+    entry = engage(model, path, "auto")
+    assert entry["layers"] == 29 and entry["digest"] == digest(model) != PLAIN
+    assert set(entry["not_f_linear"]) == shapes
+    assert all(v == {"2": "left", "3": "left"} for v in table_of(model).values())
+    off = engage(model, path, "off")
+    assert off == {"mode": "off", "file": None, "layers": 0, "digest": PLAIN, "not_f_linear": {}}
+    assert not chosen_layers(model)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+    assert engage(model, path, "auto")["digest"] == entry["digest"]  # the same table again
+    with pytest.raises(ValueError, match="fast"):
+        engage(model, path, "fast")
+
+
+def test_the_roofline_runs_every_linear_layer_once_per_pass(monkeypatch):
+    model = tiny_model()
+    calls = []
+    monkeypatch.setattr(ChosenLinear, "forward", lambda self, x: calls.append(x.shape) or F.linear(x, self.weight))
+    apply(model, hand_table(model))
+    assert roofline(model, rows=2, repeats=1) > 0
+    assert len(calls) == 29 * 3 and {c[0] for c in calls} == {2}  # 2 warm-up rounds + 1 timed
+
+
+def test_a_cached_cost_model_of_other_formulations_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEC_HARNESS_CACHE", str(tmp_path))
+    model = tiny_model()
+    engine = Engine(model)
+    measured = []
+    monkeypatch.setattr(costmodel, "measure", lambda *a, **k: measured.append(1) or {"n": [1, 2], "ratio": [1.0, 1.5]})
+    path = costmodel.cache_file("tiny", engine)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"model": "tiny", "n": [1, 2], "ratio": [1.0, 1.2], "linear": "chosen-0123456789"}))
+    cost = costmodel.for_engine(engine, "tiny")
+    assert measured == [1] and cost.data["linear"] == PLAIN and cost.ratio(2) == 1.5
+    assert json.loads(path.read_text())["linear"] == PLAIN
+    costmodel.for_engine(engine, "tiny")
+    assert measured == [1]  # now it matches: read from the cache
+    apply(model, hand_table(model))
+    costmodel.for_engine(Engine(model), "tiny")
+    assert measured == [1, 1]  # the engine's formulations changed

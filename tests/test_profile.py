@@ -120,7 +120,8 @@ def test_tune_profile_plan_and_run_with_a_cost_model(tiny_model_dir, tiny_lm, tm
     assert header.index("speedup [95% CI]") < header.index("predicted") < header.index("median paired")
     rows = {r["method"]: r["predicted_speedup"] for r in csv.DictReader((tmp_path / "run" / "summary.csv").open())}
     assert rows == {"ar": "", "firp": str(plan["predicted_by_source"]["gsm8k-train"])}  # GSM8K: its own kind
-    assert not (tmp_path / "cache" / "costmodel").exists()  # nothing measured: the given model was used
+    cached = {p.name for p in (tmp_path / "cache" / "costmodel").glob("*.json")}
+    assert all(name.endswith("-linear.json") for name in cached)  # no c(n) measured: the given model was used
 
 
 def test_tune_profile_refuses_a_method_without_shape(tiny_model_dir):

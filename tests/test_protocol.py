@@ -170,3 +170,13 @@ def test_a_planted_verifier_bug_is_classified_mismatch(tiny_model_dir, tmp_path,
     assert buggy and all(r["lossless"] is False and r["divergence"]["kind"] == "mismatch" for r in buggy)
     s = metrics.summarize(read_records(tmp_path / "o" / "records.jsonl")).set_index("method")
     assert s.loc["buggy", "mismatches"] == 2 and s.loc["buggy", "ties"] == 0
+
+
+def test_default_methods_are_those_of_all_worth_timing_on_the_device():
+    from harness.bench.request import method_list
+
+    everything = registry.runnable("tiny")
+    assert "ar-graph" in everything
+    assert registry.for_device("tiny", "cpu") == [n for n in everything if n != "ar-graph"]
+    assert registry.for_device("tiny", "cuda") == everything
+    assert method_list("pld,default", "tiny", "cpu") == ["pld", *registry.for_device("tiny", "cpu")]

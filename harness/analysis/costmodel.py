@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from harness.core.engine import Engine
+from harness.core.linear import digest, roofline
 from harness.core.planning.costmodel import (
     DEFAULT_NS,
     DEFAULT_PREFIX,
@@ -25,15 +26,18 @@ COSTMODEL_ROOT = Path(__file__).resolve().parents[2] / "results" / "costmodel"
 
 
 def run(model: str, device: str = "auto", dtype: str | None = None, prefix: int = DEFAULT_PREFIX,
-        repeats: int = 7, ns=DEFAULT_NS) -> dict:
-    """Load a model and measure its cost model; the JSON-ready result."""
+        repeats: int = 7, ns=DEFAULT_NS, linear: str = "auto") -> dict:
+    """Load a model (with the linear formulations `linear`: harness/core/linear.py) and measure its
+    cost model, and its roofline: one row through every linear layer and the LM head, nothing
+    else; the JSON-ready result."""
     from harness.bench.results import hardware
     from harness.core.modelload import load_model
 
-    lm = load_model(model, device, dtype)
+    lm = load_model(model, device, dtype, linear)
     result = measure(Engine(lm.model), ns, prefix, repeats)
     return {"model": lm.key, "device": lm.device, "dtype": lm.dtype, "hardware": hardware(lm.device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "linear": digest(lm.model),
+            "linear_formulations": lm.linear["not_f_linear"], "roofline_s": roofline(lm.model), **result}
 
 
 def default_out(result: dict) -> Path:

@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import methods as registry
 from harness.bench.batches import batch_sizes
 from harness.bench.sampled import Sampling, temperatures
 from harness.bench.validate import RunConfig
-from harness.core.modelload import DEFAULT_MODEL, model_key
+from harness.core.modelload import DEFAULT_MODEL, model_key, resolve_device
 from harness.core.options import MethodError
 
 # `run`'s options a request may set: name -> (type, default). Lists and flags as a sweep file
@@ -22,6 +24,7 @@ RUN_OPTIONS: dict[str, tuple[type, Any]] = {
     "method_arg": (list, []), "seed": (int, 0), "data_source": (str, "local"), "telemetry": (bool, True),
     "warmup": (bool, True), "control": (bool, False), "temperature": (str, "0"), "top_k": (int, 0),
     "top_p": (float, 1.0), "acceptance": (str, "exact"), "batch_size": (str, "1"), "costmodel": (str, None),
+    "linear": (str, "auto"),
 }
 
 
@@ -50,11 +53,15 @@ def with_costmodel(names: list[str], method_args: dict, costmodel: str | None) -
     return method_args
 
 
-def method_list(methods: str, model: str) -> list[str]:
-    """--methods: comma-separated names; `all` = every method with weights for the model."""
+def method_list(methods: str, model: str, device: str = "auto") -> list[str]:
+    """--methods: comma-separated names; `all` = every method with weights for the model; `default`
+    = those of them worth timing on the device found (no CUDA-graph baseline on a CPU)."""
     names = csv(methods)
     if "all" in names:
         names = [n for n in names if n != "all"] + registry.runnable(model_key(model))
+    if "default" in names:
+        kind = torch.device(resolve_device(device)).type
+        names = [n for n in names if n != "default"] + registry.for_device(model_key(model), kind)
     return names
 
 
@@ -62,11 +69,11 @@ def run_config(out: Path | None = None, resume: bool = False, overwrite: bool = 
     """RunConfig from `run`'s option values (RUN_OPTIONS, defaults filled in); a MethodError or
     DataError (from the sampling and batch-size parsers) names what is wrong."""
     o = {k: options.get(k, default) for k, (_, default) in RUN_OPTIONS.items()}
-    names = method_list(o["methods"], o["model"])
+    names = method_list(o["methods"], o["model"], o["device"])
     args = with_costmodel(names, parse_method_args(o["method_arg"]), o["costmodel"])
     return RunConfig(methods=names, datasets=csv(o["datasets"]), model=o["model"], device=o["device"],
                      dtype=o["dtype"], num_samples=o["num_samples"], max_new_tokens=o["max_new_tokens"],
                      seed=o["seed"], data_source=o["data_source"], method_args=args, out=out, resume=resume,
                      overwrite=overwrite, telemetry=o["telemetry"], warmup=o["warmup"], control=o["control"],
                      sampling=Sampling(temperatures(o["temperature"]), o["top_k"], o["top_p"], o["acceptance"]),
-                     batch_sizes=batch_sizes(o["batch_size"]))
+                     batch_sizes=batch_sizes(o["batch_size"]), linear=o["linear"])

@@ -13,6 +13,7 @@ import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, measured
 from harness.bench.sampled import Sampling
+from harness.core.linear import MODES
 from harness.core.modelload import check_supported, load_config, model_key
 from harness.core.options import MethodError, Options
 from harness.core.planning import costmodel
@@ -42,6 +43,7 @@ class RunConfig:
     sampling: Sampling = field(default_factory=Sampling)
     batch_sizes: tuple[int, ...] = (1,)  # each its own set of pairs (--batch-size)
     only: dict[str, list[str]] | None = None  # a shard of a sweep: the sample ids per dataset it decodes
+    linear: str = "auto"  # linear formulations: auto (fastest here per row count) or off (F.linear)
 
 
 @dataclass
@@ -75,6 +77,8 @@ def check_numbers(cfg: RunConfig) -> None:
         raise DataError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
     if cfg.seed < 0:
         raise DataError(f"--seed {cfg.seed}: must be 0 or more")
+    if cfg.linear not in MODES:
+        raise DataError(f"--linear {cfg.linear!r}: one of {', '.join(MODES)}")
     problem = cfg.sampling.check()
     if problem:
         raise DataError(problem)
@@ -140,7 +144,8 @@ def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
             "method_options": options, "datasets": list(dict.fromkeys(cfg.datasets)),
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
             "control": cfg.control, **sampling_request(cfg.sampling),
-            **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {})}
+            **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {}),
+            **({"linear": cfg.linear} if cfg.linear != "auto" else {})}
 
 
 def sampling_request(sampling: Sampling) -> dict:

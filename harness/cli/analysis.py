@@ -72,24 +72,29 @@ def figures(run_dir: Path, out: Path | None, costmodel_json: Path | None, analys
                    "each plans) for planning their auto shapes on this machine: comma-separated, or 'all'.")
 @click.option("--update", type=_FILE, default=None,
               help="Keep this cost-model JSON's c(n) and re-measure only --drafts into it (written back, or to --out).")
-def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update) -> None:
+@click.option("--linear", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Linear formulations the model runs with, as `run --linear` (the cost model records which).")
+def costmodel(model, device, dtype, prefix, repeats, ns, out, drafts, update, linear) -> None:
     """Target forward latency c(n) for n new rows (a verification forward) and c(n)/c(1)."""
     from harness.analysis import costmodel as cm
     from harness.bench.results import write_json
 
     try:
         n_values, result = _costmodel_inputs(model, prefix, ns, out, drafts, update)
-        result = result or cm.run(model, device, dtype, prefix, repeats, n_values)
+        result = result or cm.run(model, device, dtype, prefix, repeats, n_values, linear)
         path = out or update or cm.default_out(result)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result)
         if drafts:
-            _planning_costs(model, device, dtype, drafts, path, result)
+            _planning_costs(model, device, dtype, drafts, path, result, linear)
     except _user_errors() as err:
         fail(err)
     click.echo(f"{'n':>4} {'c(n) ms':>9} {'c(n)/c(1)':>10}")
     for n, sec, ratio in zip(result["n"], result["seconds"], result["ratio"]):
         click.echo(f"{n:>4} {1000 * sec:>9.2f} {ratio:>10.2f}")
+    if "roofline_s" in result:
+        click.echo(f"roofline: {1000 * result['roofline_s']:.2f} ms for one row through every linear layer and the LM "
+                   f"head ({result.get('linear', 'F.linear')}); c(1) is {result['seconds'][0] / result['roofline_s']:.2f}x it")
     for key, ratio in result.get("drafts", {}).items():
         click.echo(f"draft {key}: {ratio:.3f} c(1)")
     for key, ratio in result.get("overheads", {}).items():
@@ -124,7 +129,8 @@ def _costmodel_inputs(model: str, prefix: int, ns: str | None, out: Path | None,
     return n_values, result
 
 
-def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, path: Path, result: dict) -> None:
+def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, path: Path, result: dict,
+                    linear: str = "auto") -> None:
     """Adds the draft costs, then the step overheads at the shapes planned with them, to the cost
     model written at `path` (rewritten after each)."""
     from harness.analysis.plans import draft_costs, planners, step_overheads
@@ -133,7 +139,7 @@ def _planning_costs(model: str, device: str, dtype: str | None, drafts: str, pat
     from harness.core.engine import Engine
     from harness.core.modelload import load_model
 
-    lm = load_model(model, device, dtype)
+    lm = load_model(model, device, dtype, linear)
     names = planners(lm.key) if drafts == "all" else csv(drafts)
     result["drafts"] = draft_costs(Engine(lm.model), lm.key, names, {})
     write_json(path, result)

@@ -50,7 +50,7 @@ def setup() -> None:
 
 
 @click.command()
-@click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights); ar always runs as the baseline.")
+@click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights), or 'default' (those of all worth timing on the device found: no CUDA-graph baseline on a CPU); ar always runs as the baseline.")
 @click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, spec-bench, jsonl:PATH, specbench:PATH.")
 @click.option("--num-samples", type=int, default=10, show_default=True, help="N items per dataset: a deterministic subset, stratified by category where the data has categories (>= 1).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
@@ -82,9 +82,12 @@ def setup() -> None:
 @click.option("--costmodel", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Cost-model JSON every method plans its auto draft shape for (METHOD.costmodel; e.g. the "
                    "reference machine's, so that planning is the same on every machine). Default: this machine's.")
+@click.option("--linear", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Linear layers: auto runs each with the formulation fastest on this machine for the row count "
+                   "at hand (timed once, cached beside the cost model, recorded in the manifest); off: F.linear.")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
         overwrite, seed, data_source, no_telemetry, no_warmup, control, temperature, top_k, top_p, acceptance,
-        batch_size, costmodel) -> None:
+        batch_size, costmodel, linear) -> None:
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
@@ -97,7 +100,8 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
                          num_samples=num_samples, max_new_tokens=max_new_tokens, model=model, device=device,
                          dtype=dtype, method_arg=method_args, seed=seed, data_source=data_source,
                          telemetry=not no_telemetry, warmup=not no_warmup, control=control, temperature=temperature,
-                         top_k=top_k, top_p=top_p, acceptance=acceptance, batch_size=batch_size, costmodel=costmodel)
+                         top_k=top_k, top_p=top_p, acceptance=acceptance, batch_size=batch_size, costmodel=costmodel,
+                         linear=linear)
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)

@@ -15,6 +15,7 @@ import torch
 from harness.core.accept import Greedy
 from harness.core.cache import KVCache
 from harness.core.method import Method, Step
+from harness.core.timing import synchronize
 from harness.core.tree import Tree
 
 
@@ -43,11 +44,6 @@ class Decoded:
     def steps(self) -> int:
         """Decoding steps: the forwards after the prefill."""
         return max(0, len(self.accept_lengths) - 1)
-
-
-def synchronize(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Commit:

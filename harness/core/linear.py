@@ -10,10 +10,15 @@ ChosenLinear, the same weight with the chosen product per row count, in place of
 nn.Linear of the model (the decoder layers' projections and the LM head), so every method and
 the baseline run the same layers. Row counts past the measured ones use F.linear. The products
 are equal up to float rounding (a changed token is diagnosed as a tie by the divergence rule).
+`engage` (called by load_model for every command) applies the table cached for this machine, or
+puts F.linear back (`--linear off`); `digest` names the formulations in use, which a cost model
+records, so one measured with others is measured again; `roofline` times one pass of a few rows
+through every linear layer, nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -22,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.planning.costmodel import DEFAULT_NS, round_robin
+from harness.core.timing import DEFAULT_NS, round_robin
 
 Form = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [..., in], W [out, in]) -> [..., out]
 MARGIN = 0.95  # another formulation replaces F.linear only when it takes at most this share of its time
+MODES = ("auto", "off")  # auto: the chosen formulations (timed once, cached); off: F.linear everywhere
+PLAIN = "F.linear"  # the digest of a model that uses F.linear everywhere
 
 
 def weights_left(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -119,3 +126,73 @@ def load_or_choose(path, shapes: set[tuple[int, int]], device, dtype, timing: bo
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     tmp.replace(path)
     return table
+
+
+def chosen_layers(model: nn.Module) -> list[ChosenLinear]:
+    return [m for m in model.modules() if isinstance(m, ChosenLinear)]
+
+
+def table_of(model: nn.Module) -> dict[str, dict[str, str]]:
+    """The formulations the model uses other than F.linear: {"OUTxIN": {"n": formulation}}."""
+    table: dict[str, dict[str, str]] = {}
+    for layer in chosen_layers(model):
+        other = {str(n): f for n, f in sorted(layer.choice.items()) if f != "linear"}
+        if other:
+            table[f"{layer.out_features}x{layer.in_features}"] = other
+    return table
+
+
+def digest(model: nn.Module) -> str:
+    """What a cost model measured with this model must match: PLAIN, or `chosen-<hash>` of table_of."""
+    table = table_of(model)
+    if not table:
+        return PLAIN
+    return "chosen-" + hashlib.sha1(json.dumps(table, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def restore(model: nn.Module) -> int:
+    """Every ChosenLinear back to an nn.Linear over the same weight; the number restored."""
+    plain = {}
+    for layer in chosen_layers(model):
+        new = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+        new.weight = layer.weight
+        plain[id(layer)] = new
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in plain and child is not head:
+                setattr(parent, name, plain[id(child)])
+    if head is not None and id(head) in plain:
+        model.set_output_embeddings(plain[id(head)])
+    return len(plain)
+
+
+def engage(model: nn.Module, path, mode: str = "auto") -> dict:
+    """The model's linear layers set up for `mode` (MODES): auto applies the table cached at
+    `path` (timed there first when missing); off puts F.linear back. What the manifest records."""
+    if mode not in MODES:
+        raise ValueError(f"linear formulations: {mode!r} is not one of {', '.join(MODES)}")
+    restore(model)
+    replaced = 0
+    if mode == "auto":
+        p = next(model.parameters())
+        table = load_or_choose(path, linear_shapes(model), p.device, p.dtype)
+        replaced = apply(model, table)
+    return {"mode": mode, "file": str(path) if mode == "auto" else None, "layers": replaced,
+            "digest": digest(model), "not_f_linear": table_of(model)}
+
+
+@torch.inference_mode()
+def roofline(model: nn.Module, rows: int = 1, repeats: int = 9) -> float:
+    """Median seconds of `rows` rows through every linear layer of the model in order (the LM
+    head last), each with its own formulation, and nothing else: what a decoding step of that many
+    rows cannot beat."""
+    layers = [m for m in model.modules() if isinstance(m, ChosenLinear)
+              or (isinstance(m, nn.Linear) and m.bias is None)]
+    p = next(model.parameters())
+    inputs = [torch.randn(rows, layer.in_features, device=p.device, dtype=p.dtype) for layer in layers]
+
+    def once():
+        for layer, x in zip(layers, inputs):
+            layer(x)
+    return round_robin({"all": once}, p.device, repeats, 2, None)["all"]

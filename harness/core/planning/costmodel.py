@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,27 +34,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness.core import linear, timing
 from harness.core.checkpoint import shown_path
-from harness.core.decoding import synchronize
 from harness.core.engine import Engine
 from harness.core.modelload import cache_root
+from harness.core.timing import DEFAULT_NS, round_robin
 
-# Every n up to 16, then every 4th: c(n) is not smooth in n (on a 2-core CPU with MKL, c(3) = 1.9 c(1)
-# but c(4) = 1.4 c(1): the BLAS kernel chosen per row count), so small trees need their own points.
-DEFAULT_NS = (*range(1, 17), *range(20, 65, 4))
 DEFAULT_PREFIX = 256
 
 
 class CostModelError(ValueError):
     """A cost-model JSON that cannot be used; the message says why."""
-
-
-def _timed(fn: Callable[[], object], device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
 
 
 def _prefixed_cache(engine: Engine, prefix: int, extra: int, gen: torch.Generator):
@@ -73,17 +62,6 @@ def _verify_forward(engine: Engine, cache, ids: torch.Tensor, prefix: int) -> Ca
     positions = torch.arange(prefix, prefix + n, device=engine.device)
     mask = torch.ones(n, n, dtype=torch.bool, device=engine.device).tril_() if n > 1 else None
     return lambda: engine.logits(engine.forward(ids, positions, mask, cache)[0]).argmax(dim=-1)
-
-
-def round_robin(ops: dict, device, repeats: int, warmup: int, desc: str | None) -> dict:
-    """Median seconds of each op, timed in turns (warm-up rounds dropped)."""
-    times: dict = {key: [] for key in ops}
-    for rep in tqdm(range(warmup + repeats), desc=desc, unit="round", disable=desc is None, leave=False):
-        for key, op in ops.items():
-            took = _timed(op, device)
-            if rep >= warmup:
-                times[key].append(took)
-    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 @torch.inference_mode()
@@ -135,18 +113,13 @@ def ratio_at(cost: dict, n: float) -> float:
 
 
 def machine(engine: Engine) -> dict:
-    """What a cached cost model is valid for besides the model: device kind, dtype, and the CPU
-    threads torch uses or the GPU's name."""
-    kind = engine.device.type
-    where = (torch.cuda.get_device_name(engine.device) if kind == "cuda" else f"threads={torch.get_num_threads()}")
-    return {"device": kind, "dtype": str(engine.dtype).removeprefix("torch."), "where": where}
+    """The machine the engine runs on (timing.machine)."""
+    return timing.machine(engine.device, engine.dtype)
 
 
 def cache_file(model_key: str, engine: Engine) -> Path:
     """$SPEC_HARNESS_CACHE/costmodel/<model>-<device>-<dtype>-<threads or GPU>.json"""
-    m = machine(engine)
-    where = re.sub(r"[^A-Za-z0-9._-]+", "-", m["where"]).strip("-")
-    return cache_root() / "costmodel" / f"{model_key}-{m['device']}-{m['dtype']}-{where}.json"
+    return cache_root() / "costmodel" / f"{timing.cache_name(model_key, engine.device, engine.dtype)}.json"
 
 
 def read(path: Path) -> dict:
@@ -201,7 +174,7 @@ def _validate_extras(data: dict, bad: Callable[[str, str], CostModelError]) -> N
         for key, value in table.items():
             if not _number(value, low, strict=False):
                 raise bad(f"{field}[{key!r}]", f"= {value!r}: must be a finite number" + (" >= 0" if low == 0.0 else ""))
-    for field in ("model", "device", "dtype"):
+    for field in ("model", "device", "dtype", "linear"):
         if field in data and not isinstance(data[field], str):
             raise bad(field, f"= {data[field]!r}: must be a string")
 
@@ -282,7 +255,7 @@ class CostModel:
         return self if batch == 1 else BatchCost(self, batch)
 
     def describe(self) -> dict:
-        keep = ("model", "device", "dtype", "hardware", "created")
+        keep = ("model", "device", "dtype", "hardware", "created", "linear")
         note = {"machine_note": self.machine_note} if self.machine_note else {}
         return {"path": shown_path(self.path), "source": "given" if self.given else "cache",
                 **{k: self.data[k] for k in keep if k in self.data}, "max_n": self.max_n, **note}
@@ -333,13 +306,13 @@ def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: 
     cost = _given_or_cached(engine, model_key, given)
     if cost is None:
         path = cache_file(model_key, engine)
-        m = machine(engine)
-        tqdm.write(f"spec-harness: no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}; "
-                   f"measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards per row count; delete "
-                   "the file to measure again, on an idle machine)",
-                   file=sys.stderr)
+        m, formulations = machine(engine), linear.digest(engine.model)
+        why = (f"the cached one at {path} was measured with other linear formulations" if path.exists()
+               else f"no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}")
+        tqdm.write(f"spec-harness: {why}; measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards "
+                   "per row count; delete the file to measure again, on an idle machine)", file=sys.stderr)
         data = {"model": model_key, **m, "hardware": m["where"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **measure(engine, progress=True)}
+                "linear": formulations, **measure(engine, progress=True)}
         cost = CostModel(data, path, False, engine)
         write(path, data)
     cost.check_fits(engine, model_key, purpose)
@@ -347,8 +320,12 @@ def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: 
 
 
 def _given_or_cached(engine: Engine, model_key: str, given: str | Path) -> CostModel | None:
-    """The given file's cost model, else the cached one of this machine, else None."""
+    """The given file's cost model, else the cached one of this machine (if measured with the
+    engine's linear formulations: `linear` holds their digest, linear.PLAIN when absent), else None."""
     if given:
         return CostModel(read(Path(given)), Path(given), True)
     path = cache_file(model_key, engine)
-    return CostModel(read(path), path, False, engine) if path.exists() else None
+    if not path.exists():
+        return None
+    data = read(path)  # measured with the linear formulations the engine uses now, else measured again
+    return CostModel(data, path, False, engine) if data.get("linear", linear.PLAIN) == linear.digest(engine.model) else None
