@@ -96,3 +96,38 @@ def test_a_drafter_trains_on_the_four_sources_by_default(tiny_model_dir, tmp_pat
     assert res.exit_code == 0, res.output
     data = json.loads(out.with_suffix(".json").read_text())["data"]
     assert data["mix"] == {s: 1 for s in SOURCES} and data["sequences"] == 4
+
+
+def test_the_corpus_is_the_targets_own_answers_and_resumes_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch):
+    import harness.train.distill as distill
+    from harness.core.decoding import decode
+    from harness.core.engine import Engine
+    from harness.core.modelload import load_model
+    from methods.autoregressive import Autoregressive
+
+    monkeypatch.setenv("SPEC_HARNESS_CACHE", str(tmp_path / "cache"))
+    lm = load_model(str(tiny_model_dir), "cpu", "float32", linear="off")
+    cfg = CorpusConfig(per_source=3, answer_tokens=6, batch=2, max_prompt_tokens=40)
+    path = tmp_path / "corpus.jsonl"
+    real, calls = distill.decode_batch, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second batch never finishes
+        return real(*args)
+    monkeypatch.setattr(distill, "decode_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill.generate_corpus(lm, cfg, path, progress=False)
+    assert not path.exists() and len(path.with_suffix(".partial").read_text().splitlines()) == 2
+    calls.clear()
+    monkeypatch.setattr(distill, "decode_batch", lambda *a: calls.append(1) or real(*a))
+    distill.generate_corpus(lm, cfg, path, progress=False)
+    assert len(calls) == 2  # 6 prompts in batches of 2: only the two batches not yet written
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 6 and not path.with_suffix(".partial").exists()
+    engine = Engine(lm.model)
+    for row in rows:  # each answer is what the target decodes alone, greedily
+        prompt = row["ids"][:row["answer_start"]]
+        alone = decode(Autoregressive(engine, "tiny"), prompt, 6, {lm.tokenizer.eos_token_id}, engine.new_cache(64))
+        assert row["ids"][row["answer_start"]:] == alone.output_ids

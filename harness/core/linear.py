@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -120,6 +121,8 @@ def load_or_choose(path, shapes: set[tuple[int, int]], device, dtype, timing: bo
             return table
     if not timing:
         return {}
+    print(f"spec-harness: timing the linear formulations of {len(shapes)} weight shapes once, for {path} (delete "
+          "the file to time them again, on an idle machine)", file=sys.stderr)
     table = choose(shapes, device, dtype, forms=forms)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
