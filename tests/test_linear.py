@@ -123,3 +123,21 @@ def test_a_cached_cost_model_of_other_formulations_is_measured_again(tmp_path, m
     apply(model, hand_table(model))
     costmodel.for_engine(Engine(model), "tiny")
     assert measured == [1, 1]  # the engine's formulations changed
+
+
+def test_linear_gain_times_both_formulations_in_one_process(tiny_model_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    monkeypatch.setenv("SPEC_HARNESS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "gain.json"
+    res = CliRunner().invoke(main, ["linear-gain", "--model", str(tiny_model_dir), "--device", "cpu", "--n", "1-3",
+                                    "--repeats", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["n"] == [1, 2, 3] and all(len(result["c_ms"][m]) == 3 for m in ("off", "auto"))
+    assert result["linear"]["mode"] == "auto" and result["linear"]["layers"] == 3 * 7 + 1
+    assert "of the roofline's speed" in res.output
+    bad = CliRunner().invoke(main, ["linear-gain", "--model", str(tiny_model_dir), "--n", "0-2"])
+    assert bad.exit_code == 2 and "at least 1" in bad.output

@@ -166,4 +166,35 @@ def regress(run_dir: Path, ref_dir: Path, speedup_margin: float | None) -> None:
     sys.exit(0 if cmp.ok else 1)
 
 
-COMMANDS = (figures, costmodel, regress)
+@click.command("linear-gain")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
+@device_option
+@dtype_option
+@click.option("--n", "ns", default="1-32", show_default=True, help="Row counts: comma-separated, or LO-HI.")
+@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True, help="Timed rounds (median kept), after 2 warm-up rounds.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output JSON (default: results/linear/<model>-<device>-<dtype>.json).")
+def linear_gain(model, device, dtype, ns, repeats, out) -> None:
+    """c(n), the bare-linear roofline and ar's time per token with F.linear and with the linear
+    formulations chosen for this machine, timed in turns in one process (a timing: idle machine)."""
+    from harness.analysis.linear_gain import compare, render
+    from harness.bench.results import write_json
+
+    try:
+        lo, dash, hi = ns.partition("-")
+        n_values = tuple(range(int(lo), int(hi) + 1)) if dash else ints(ns, "--n")
+        if not n_values or min(n_values) < 1:
+            raise InputError(f"--n {ns!r}: row counts must be at least 1")
+        if out is not None:
+            check_out_file(out)
+        result = compare(model, device, dtype, n_values, repeats=repeats)
+        path = out or Path("results/linear") / f"{result['model']}-{result['device'].split(':')[0]}-{result['dtype']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
+    except (ValueError, *_user_errors()) as err:
+        fail(err)
+    click.echo(render(result))
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = (figures, costmodel, regress, linear_gain)

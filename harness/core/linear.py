@@ -185,17 +185,21 @@ def engage(model: nn.Module, path, mode: str = "auto") -> dict:
             "digest": digest(model), "not_f_linear": table_of(model)}
 
 
-@torch.inference_mode()
-def roofline(model: nn.Module, rows: int = 1, repeats: int = 9) -> float:
-    """Median seconds of `rows` rows through every linear layer of the model in order (the LM
-    head last), each with its own formulation, and nothing else: what a decoding step of that many
-    rows cannot beat."""
+def roofline_op(model: nn.Module, rows: int = 1) -> Callable[[], None]:
+    """`rows` rows through every linear layer of the model in order (the LM head last), each with
+    its own formulation, and nothing else: what a decoding step of that many rows cannot beat."""
     layers = [m for m in model.modules() if isinstance(m, ChosenLinear)
               or (isinstance(m, nn.Linear) and m.bias is None)]
     p = next(model.parameters())
     inputs = [torch.randn(rows, layer.in_features, device=p.device, dtype=p.dtype) for layer in layers]
 
+    @torch.inference_mode()
     def once():
         for layer, x in zip(layers, inputs):
             layer(x)
-    return round_robin({"all": once}, p.device, repeats, 2, None)["all"]
+    return once
+
+
+def roofline(model: nn.Module, rows: int = 1, repeats: int = 9) -> float:
+    """Median seconds of roofline_op."""
+    return round_robin({"all": roofline_op(model, rows)}, next(model.parameters()).device, repeats, 2, None)["all"]

@@ -269,5 +269,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str | Non
     model.to(device).eval()
     model.requires_grad_(False)
     key = model_key(name)
-    table = cache_root() / "costmodel" / f"{cache_name(key, device, DTYPES[dtype])}-linear.json"
-    return LoadedModel(model, tok, name, key, source, device, dtype, engage(model, table, linear))
+    return LoadedModel(model, tok, name, key, source, device, dtype, engage(model, linear_table(key, device, dtype), linear))
+
+
+def linear_table(key: str, device: str, dtype: str) -> Path:
+    """Where the linear formulations chosen for this machine are cached: beside the cost model."""
+    return cache_root() / "costmodel" / f"{cache_name(key, device, DTYPES[dtype])}-linear.json"

@@ -65,6 +65,17 @@ def _verify_forward(engine: Engine, cache, ids: torch.Tensor, prefix: int) -> Ca
 
 
 @torch.inference_mode()
+def forward_ops(engine: Engine, ns: list[int], prefix: int = DEFAULT_PREFIX, seed: int = 0) -> dict:
+    """{n: the operation c(n) times}: one verification-shaped forward of n random rows after the
+    same `prefix` committed positions (one cache, room for the largest n)."""
+    gen = torch.Generator().manual_seed(seed)
+    cache = _prefixed_cache(engine, prefix, max(ns), gen)
+    vocab = engine.config.vocab_size
+    return {n: _verify_forward(engine, cache, torch.randint(0, vocab, (n,), generator=gen).to(engine.device), prefix)
+            for n in ns}
+
+
+@torch.inference_mode()
 def measure(engine: Engine, ns=DEFAULT_NS, prefix: int = DEFAULT_PREFIX, repeats: int = 7,
             warmup: int = 2, seed: int = 0, progress: bool = False) -> dict:
     """{"prefix", "n", "seconds", "ratio"}: median seconds of one forward of n rows, and
@@ -75,11 +86,7 @@ def measure(engine: Engine, ns=DEFAULT_NS, prefix: int = DEFAULT_PREFIX, repeats
     limit = engine.config.max_position_embeddings
     if prefix + ns[-1] > limit:
         raise ValueError(f"prefix {prefix} + {ns[-1]} rows exceeds the model's context of {limit}")
-    gen = torch.Generator().manual_seed(seed)
-    cache = _prefixed_cache(engine, prefix, ns[-1], gen)
-    vocab = engine.config.vocab_size
-    ops = {n: _verify_forward(engine, cache, torch.randint(0, vocab, (n,), generator=gen).to(engine.device), prefix)
-           for n in ns}
+    ops = forward_ops(engine, ns, prefix, seed)
     median = round_robin(ops, engine.device, repeats, warmup, "cost model c(n)" if progress else None)
     seconds = [median[n] for n in ns]
     return {"prefix": prefix, "repeats": repeats, "n": ns, "seconds": seconds,
