@@ -151,3 +151,32 @@ def test_cached_teacher_rows_give_the_same_loss(engine):
         half = FinalCache(engine, head.reads_layers).fill(make_batch(seqs, cfg, random.Random(0)), seqs)
         torch.testing.assert_close(head.loss(engine, exact)[0], plain)
         torch.testing.assert_close(head.loss(engine, half)[0], plain, atol=2e-2, rtol=2e-2)  # bfloat16 layer rows
+
+
+def test_training_stopped_part_way_resumes_to_the_same_weights(engine, tmp_path):
+    from helpers import random_sequences
+
+    from harness.train import resume
+    from harness.train.training import TrainConfig, train
+
+    cfg = TrainConfig(steps=2 * resume.EVERY + 5, batch=2, positions=6, max_len=32, warmup=3, eval_sequences=2)
+    seqs = random_sequences(12, length=32)
+    whole = make_head(engine)
+    record = train(whole, engine, seqs, cfg, progress=False)
+    part, snapshot, calls = make_head(engine), tmp_path / "run.pt", []
+    real = part.loss
+
+    def stopped(*args):
+        calls.append(1)
+        if len(calls) > resume.EVERY + 3:
+            raise KeyboardInterrupt  # the session ends part-way
+        return real(*args)
+    part.loss = stopped
+    with pytest.raises(KeyboardInterrupt):
+        train(part, engine, seqs, cfg, progress=False, snapshot=snapshot)
+    assert snapshot.exists()
+    again = make_head(engine)  # a new process: fresh weights, then the snapshot
+    resumed = train(again, engine, seqs, cfg, progress=False, snapshot=snapshot)
+    for (name, a), b in zip(whole.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert resumed["loss_curve"] == record["loss_curve"] and resumed["heldout_topk"] == record["heldout_topk"]

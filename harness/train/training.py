@@ -21,6 +21,7 @@ from harness.bench.results import git_info
 from harness.core.checkpoint import save_checkpoint
 from harness.core.engine import Engine
 from harness.core.method import CHECKPOINT_ROOT
+from harness.train import resume
 from harness.train.distill import CorpusConfig, Sequence, corpus_summary, load_corpus
 
 
@@ -200,21 +201,30 @@ def evaluate(drafter, engine: Engine, held: list[Sequence], cfg: TrainConfig,
     return (hits / total.clamp(min=1)[:, None]).tolist()
 
 
-def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progress: bool = True) -> dict:
+def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progress: bool = True,
+          snapshot: Path | None = None) -> dict:
     """Optimise the drafter's parameters (the target stays frozen); returns the training record.
     The drafter keeps its own dtype (float32: weights and AdamW state), whatever the target runs in;
-    its modules cast inputs to their own dtype and outputs back to the model's."""
+    its modules cast inputs to their own dtype and outputs back to the model's. snapshot: a file the
+    run is saved to every resume.EVERY steps and resumed from when it exists (harness/train/resume.py)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     train_set, held = split_corpus(seqs, cfg)
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses, t0 = [], time.perf_counter()
+    t0 = time.perf_counter()
     layers = tuple(getattr(drafter, "reads_layers", ()))
     cache = FinalCache(engine, layers) if getattr(drafter, "reads_final_only", False) or layers else None
-    before = evaluate(drafter, engine, held, cfg, cache)
-    bar = tqdm(range(cfg.steps), desc=f"train {drafter.kind}", disable=not progress)
+    done = (snapshot and resume.load(snapshot, drafter, opt, rng)) or resume.Progress()
+    if done.step:
+        tqdm.write(f"spec-harness: resuming {drafter.kind} training at step {done.step} from {snapshot}")
+    before = done.before if done.before is not None else evaluate(drafter, engine, held, cfg, cache)
+    losses = done.losses
+    bar = tqdm(range(done.step, cfg.steps), desc=f"train {drafter.kind}", disable=not progress,
+               initial=done.step, total=cfg.steps)
     for step in bar:
+        if snapshot and step > done.step and step % resume.EVERY == 0:
+            resume.save(snapshot, drafter, opt, rng, resume.Progress(step, losses, done.seconds + time.perf_counter() - t0, before))
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         batch = _batch(rng.sample(train_set, min(cfg.batch, len(train_set))), cfg, rng, engine, cache)
@@ -224,7 +234,7 @@ def train(drafter, engine: Engine, seqs: list[Sequence], cfg: TrainConfig, progr
         opt.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", top1=f"{float(hits[:, 0].sum() / counted.sum().clamp(min=1)):.2f}")
-    return {"train_config": asdict(cfg), "train_seconds": round(time.perf_counter() - t0, 1),
+    return {"train_config": asdict(cfg), "train_seconds": round(done.seconds + time.perf_counter() - t0, 1),
             "loss_curve": losses[:: max(1, len(losses) // 100)], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "heldout_topk_before": before, "heldout_topk": (after := evaluate(drafter, engine, held, cfg, cache)),
             "heldout_top1": [row[0] for row in after],
@@ -239,8 +249,11 @@ def train_and_save(lm, build, corpus: CorpusConfig, cfg: TrainConfig, name: str,
     seqs = load_corpus(lm, corpus, progress)
     torch.manual_seed(cfg.seed)
     module = build(engine).to(engine.device)  # float32 weights and optimiser state; the target runs in its dtype
-    record = train(module, engine, seqs, cfg, progress=progress)
     path = path or CHECKPOINT_ROOT / lm.key / f"{name}.safetensors"
+    snapshot = resume.snapshot_path({"model": lm.key, "dtype": lm.dtype, "drafter": module.config(),
+                                     "corpus": asdict(corpus), "train": asdict(cfg), "out": str(path.resolve())})
+    record = train(module, engine, seqs, cfg, progress=progress, snapshot=snapshot)
     save_checkpoint(path, module, {"method": module.kind, "model": lm.key, "config": module.config(),
                                    "data": corpus_summary(corpus, seqs), **record, "commit": git_info()["commit"]})
+    snapshot.unlink(missing_ok=True)
     return path
