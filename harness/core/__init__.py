@@ -3,7 +3,8 @@ masked forwards of new rows), the KV cache (per-sequence lengths, slot-indexed w
 attention, batched draft trees, acceptance rules (greedy today), the one shared decode loop
 (propose -> verify -> accept -> update cache), the Method protocol and its typed options, the
 trained-drafter base class, the checkpoint format, the model loader (device and dtype rules), the
-supported-architecture check, the static one-row step (CUDA graphs), and planning/ (draft shapes
+supported-architecture check, the static one-row step (CUDA graphs), the linear formulations
+chosen per row count, timing primitives, and planning/ (draft shapes
 for the hardware: cost model, planner, `auto` shapes). It imports nothing else of the harness, so
 methods can depend on it alone.
 """

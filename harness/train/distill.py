@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import methods as registry
 from harness.bench.data import chat_prompt, training_prompts
 from harness.bench.sources import HELD_BACK, HOLD_EVERY, ORIGINAL, SOURCE_FILES
 from harness.core.cache import KVCache
 from harness.core.decoding import decode_batch
 from harness.core.engine import Engine
 from harness.core.modelload import LoadedModel, cache_root
-from methods.autoregressive import Autoregressive
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def generate_corpus(lm: LoadedModel, cfg: CorpusConfig, path: Path, progress: bo
     done = len(lines) - len(lines) % cfg.batch  # a batch written in part (killed mid-write) is answered again
     partial.write_text("".join(lines[:done]))
     engine = Engine(lm.model)
-    method, eos = Autoregressive(engine, lm.key), {lm.tokenizer.eos_token_id}
+    method, eos = registry.get(registry.BASELINE)(engine, lm.key), {lm.tokenizer.eos_token_id}
     caches: dict[int, KVCache] = {}
     with partial.open("a") as out:
         starts = range(done, len(prompts), cfg.batch)
