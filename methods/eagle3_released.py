@@ -22,6 +22,7 @@ import torch
 
 from harness.core.checkpoint import CheckpointError, read_json, read_tensors
 from harness.core.engine import Engine
+from methods.eagle_released import check_config
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 IGNORED = re.compile(r".*rotary_emb\.inv_freq")
@@ -58,22 +59,12 @@ def released_head(engine: Engine, directory: Path, head_config) -> tuple[dict, d
 
 def _check_target(engine: Engine, file: Path, said: dict, state: dict) -> None:
     """Hidden size, vocabulary, per-head width, rope and the captured layers against the target's."""
-    cfg, d, vocab = engine.config, engine.hidden_size, engine.config.vocab_size
+    d = engine.hidden_size
     fc = state["fc.weight"]
     if tuple(fc.shape) != (d, 3 * d):
         raise CheckpointError(f"{file}: fc.weight is {tuple(fc.shape)}; the target model's hidden size {d} needs "
                               f"({d}, {3 * d}) (a draft of another hidden size is not supported)")
-    for key, theirs in (("hidden_size", d), ("vocab_size", vocab)):
-        if said.get(key, theirs) != theirs:
-            raise CheckpointError(f"{file.parent / 'config.json'}: {key} {said[key]}, the target model's is {theirs}")
-    heads = said.get("num_attention_heads", cfg.num_attention_heads)
-    width = said.get("head_dim") or d // heads
-    ours = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
-    if width != ours:
-        raise CheckpointError(f"{file}: {heads} attention heads of width {width}; the target's rope needs width {ours}")
-    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", None))
-    if said.get("rope_theta") is not None and float(said["rope_theta"]) != float(rope):
-        raise CheckpointError(f"{file}: rope_theta {said['rope_theta']}, the target model's is {rope}")
+    check_config(engine, file, said, rope_default=None)
     layers = (said.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
     if layers is not None and (len(layers) != 3 or not all(0 <= i < engine.num_layers for i in layers)):
         raise CheckpointError(f"{file.parent / 'config.json'}: eagle_aux_hidden_state_layer_ids {layers} must name "

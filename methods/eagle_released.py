@@ -58,24 +58,32 @@ def _check_kind(file: Path, said: dict, state: dict) -> None:
 
 def _check_target(engine: Engine, file: Path, said: dict, state: dict) -> None:
     """Hidden size, vocabulary, per-head width and rope base against the target's."""
-    cfg, d, vocab = engine.config, engine.hidden_size, engine.lm_head.weight.shape[0]
+    d, vocab = engine.hidden_size, engine.lm_head.weight.shape[0]
     fc = state.get("fc.weight")
     if fc is None:
         raise CheckpointError(f"{file} has no fc.weight: it is not an EAGLE draft layer")
     if tuple(fc.shape) != (d, 2 * d):
         raise CheckpointError(f"{file}: fc.weight is {tuple(fc.shape)} (hidden size {fc.shape[0]}); "
                               f"the target model's hidden size {d} needs ({d}, {2 * d})")
-    for key, theirs in (("hidden_size", d), ("vocab_size", vocab)):
-        if said.get(key, theirs) != theirs:
-            raise CheckpointError(f"{file.parent / 'config.json'}: {key} {said[key]}, the target model's is {theirs}")
+    check_config(engine, file, said, rope_default=10000.0)
     embed = state.get("embed_tokens.weight")
     if embed is not None and tuple(embed.shape) != (vocab, d):
         raise CheckpointError(f"{file}: embed_tokens.weight is {tuple(embed.shape)}, the target's embedding is {(vocab, d)}")
+
+
+def check_config(engine: Engine, file: Path, said: dict, rope_default: float | None) -> None:
+    """A released draft's config.json against the target: hidden size, vocabulary, per-head width
+    and rope base (rope_default: what a config without rope_theta means; None: then unchecked)."""
+    cfg, d = engine.config, engine.hidden_size
+    for key, theirs in (("hidden_size", d), ("vocab_size", engine.lm_head.weight.shape[0])):
+        if said.get(key, theirs) != theirs:
+            raise CheckpointError(f"{file.parent / 'config.json'}: {key} {said[key]}, the target model's is {theirs}")
     heads = said.get("num_attention_heads", cfg.num_attention_heads)
-    width, ours = d // heads, getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    width, ours = said.get("head_dim") or d // heads, getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
     if width != ours:
         raise CheckpointError(f"{file}: {heads} attention heads of width {width}; the target's rope needs width {ours}")
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", None))
-    if float(said.get("rope_theta", 10000.0)) != float(rope):
-        raise CheckpointError(f"{file}: rope_theta {said.get('rope_theta', 10000.0)} (EAGLE's default 10000 when "
-                              f"config.json omits it), the target model's is {rope}")
+    given = said.get("rope_theta", rope_default)
+    if given is not None and float(given) != float(rope):
+        default = "" if "rope_theta" in said else f" (the default {rope_default} when config.json omits it)"
+        raise CheckpointError(f"{file}: rope_theta {given}{default}, the target model's is {rope}")
