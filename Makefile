@@ -26,6 +26,27 @@ REF_OUT ?= results/reference/smollm2-135m-cpu
 SPECBENCH_OUT ?= results/reference/spec-bench-smollm2-135m-cpu
 REF_ANALYSIS ?= results/analysis/SmolLM2-135M-Instruct-Q4_1/analysis.json
 
+# The shipped drafters: trained on the four-source corpus (GSM8K train, XSum validation, chat
+# instructions, MBPP train) at their budgets, then their acceptance profiles measured (about 4 h on
+# a 2-core CPU; run alone). Resumable: run it again after a stop (a drafter already trained on the
+# four sources is skipped, a training stopped part-way resumes from its snapshot, a profile that
+# covers the four tuning sets and is newer than its weights is kept). The weights a retraining
+# replaces are kept once as <name>-old (e.g. `--methods eagle,eagle:old --method-arg
+# eagle:old.checkpoint=eagle-old`). One drafter: `make drafter-eagle`. The training-free methods'
+# profiles (pld, lookahead) are measured again on the four tuning sets too.
+CKPT := methods/checkpoints/SmolLM2-135M-Instruct-Q4_1
+DRAFTERS ?= firp medusa eagle sps-draft eagle3
+PROFILED ?= pld lookahead
+PROFILE_sps-draft := sps
+# $(call profiled,PROFILE,WEIGHTS,METHOD): measure METHOD's profile unless PROFILE covers the tuning sets
+# and is newer than WEIGHTS.
+profiled = grep -qs code-train $(1) && [ ! -e $(2) -o $(1) -nt $(2) ] || $(BIN)/spec-harness tune profile $(3)
+TRAIN_firp := --train-steps 450 --batch 4 --positions 160
+TRAIN_medusa := --heads 4 --train-steps 250 --batch 8 --positions 64
+TRAIN_eagle := --train-steps 700 --batch 8 --positions 200
+TRAIN_sps-draft := --layers 1 --train-steps 200 --batch 8 --positions 64
+TRAIN_eagle3 := --train-steps 700 --batch 8 --positions 200
+
 # gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip
 # install: PYTHONPATH=.), needing torch, transformers>=5.17, click, pandas, tqdm, safetensors,
 # nvidia-ml-py, psutil, tabulate, matplotlib, pytest (wheels carried along where there is no network).
@@ -36,7 +57,7 @@ REF_ANALYSIS ?= results/analysis/SmolLM2-135M-Instruct-Q4_1/analysis.json
 DEVICE ?= cuda
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup bench test test-fast ci-regress ci-reference reference reference-specbench gpu-check clean
+.PHONY: setup bench test test-fast ci-regress ci-reference reference reference-specbench drafters gpu-check clean
 
 setup: $(VENV)/.ready
 
@@ -73,6 +94,18 @@ reference: setup   # gsm8k, xsum, mt-bench: 24 items each (MT-bench: 3 per categ
 reference-specbench: setup   # Spec-Bench: 3 questions per category (13 categories), reported by category
 	$(BIN)/spec-harness run $(REF_ARGS) --datasets spec-bench --num-samples 39 --out $(SPECBENCH_OUT) $(REF_MODE)
 	$(BIN)/spec-harness report $(SPECBENCH_OUT) --by category
+
+drafters: $(addprefix drafter-,$(DRAFTERS)) $(addprefix profile-,$(PROFILED))
+
+drafter-%: setup
+	@if grep -qs mbpp $(CKPT)/$*.json; then echo "$*: already trained on the four sources"; else \
+	  for f in safetensors json profile.json; do \
+	    [ ! -e $(CKPT)/$*.$$f ] || [ -e $(CKPT)/$*-old.$$f ] || cp $(CKPT)/$*.$$f $(CKPT)/$*-old.$$f; done; \
+	  $(BIN)/spec-harness train $* $(TRAIN_$*); fi
+	@$(call profiled,$(CKPT)/$*.profile.json,$(CKPT)/$*.safetensors,$(or $(PROFILE_$*),$*))
+
+profile-%: setup
+	@$(call profiled,$(CKPT)/$*.profile.json,none,$*)
 
 gpu-check:
 	PYTHONPATH=. $(PYTHON) -m harness gpu-check --device $(DEVICE) $(GPU_CHECK_ARGS)

@@ -13,8 +13,9 @@ from harness.analysis.gpucheck_report import verdict, write
 from harness.cli import main
 
 # the modules that bind load_model at import first, so that none imports the stand-in (core's, last)
-LOADERS = ("harness.cli.train.load_model", "harness.analysis.doctor.load_model", "harness.bench.runner.load_model",
-           "harness.analysis.draftsize.load_model", "harness.core.modelload.load_model")
+LOADERS = ("harness.cli.train.load_model", "harness.cli.analyze.load_model", "harness.analysis.doctor.load_model",
+           "harness.bench.runner.load_model", "harness.analysis.draftsize.load_model",
+           "harness.core.modelload.load_model")
 
 
 @pytest.fixture
