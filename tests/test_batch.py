@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 from test_eagle import make_eagle, trained_head
+from test_eagle3 import make_eagle3, make_head
 from test_firp import make_firp
 from test_medusa import make_medusa
 from test_sps import shallow_checkpoint
@@ -30,6 +31,8 @@ BATCHABLE = {
     "lookahead": lambda engine, tmp: Lookahead(engine, "tiny", window=3, ngram=3, guess=3),
     "medusa": lambda engine, tmp: make_medusa(engine, tmp, perturb=0.3),
     "eagle": lambda engine, tmp: make_eagle(engine, tmp, trained_head(engine), depth=3, top_k=4, total_tokens=12),
+    "eagle3": lambda engine, tmp: make_eagle3(engine, tmp, make_head(engine, draft_vocab=12), depth=3, top_k=3,
+                                              total_tokens=6),
     "firp": lambda engine, tmp: make_firp(engine, tmp, layers=(3, 4, 4)),
     "pld": lambda engine, tmp: PromptLookup(engine, "tiny", k=4),
     "self-spec": lambda engine, tmp: SelfSpeculative(engine, "tiny", skip="a1,m2", threshold=0.5, adaptive=False),
