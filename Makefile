@@ -45,7 +45,8 @@ TRAIN_firp := --train-steps 450 --batch 4 --positions 160
 TRAIN_medusa := --heads 4 --train-steps 250 --batch 8 --positions 64
 TRAIN_eagle := --train-steps 700 --batch 8 --positions 200
 TRAIN_sps-draft := --layers 1 --train-steps 200 --batch 8 --positions 64
-TRAIN_eagle3 := --train-steps 700 --batch 8 --positions 200
+# EAGLE-3 at EAGLE's budget, so that their comparison is the method, not the budget
+TRAIN_eagle3 := $(TRAIN_eagle)
 
 # gpu-check: one network-free command on a GPU machine, run from the source tree (no venv, no pip
 # install: PYTHONPATH=.), needing torch, transformers>=5.17, click, pandas, tqdm, safetensors,

@@ -2,7 +2,8 @@
 command group, assembled into the `main` group here.
 
 - common.py: the user errors and the failure helper every command shares;
-- run.py: list, setup, run, report;  train.py: train (train_eagle3.py: train eagle3);  analyze.py: analyze;  tune.py: tune;
+- run.py: list, setup, run, report;  train.py: train (train_eagle3.py: train eagle3);
+- analyze.py: analyze;  tune.py: tune;
 - analysis.py: figures, costmodel, regress;  device.py: doctor, gpu-check;  plan.py: plan;
 - sweep.py: sweep (a grid of runs in shards, local or on Ray).
 
@@ -32,6 +33,6 @@ def main() -> None:
 
 
 train.train.add_command(train_eagle3.COMMAND)
-for _command in (*run.COMMANDS, *train.COMMANDS, *analyze.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS, *device.COMMANDS,
-                 *plan.COMMANDS, *sweep.COMMANDS):
+for _command in (*run.COMMANDS, *train.COMMANDS, *analyze.COMMANDS, *tune.COMMANDS, *analysis.COMMANDS,
+                 *device.COMMANDS, *plan.COMMANDS, *sweep.COMMANDS):
     main.add_command(_command)
