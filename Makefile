@@ -58,7 +58,7 @@ TRAIN_eagle3 := $(TRAIN_eagle)
 DEVICE ?= cuda
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup bench test test-fast ci-regress ci-reference reference reference-specbench drafters gpu-check clean
+.PHONY: setup bench test test-fast ci-regress ci-reference reference reference-specbench drafters compare-drafters gpu-check clean
 
 setup: $(VENV)/.ready
 
@@ -97,6 +97,21 @@ reference-specbench: setup   # Spec-Bench: 3 questions per category (13 categori
 	$(BIN)/spec-harness report $(SPECBENCH_OUT) --by category
 
 drafters: $(addprefix drafter-,$(DRAFTERS)) $(addprefix profile-,$(PROFILED))
+
+# Each retrained drafter beside the weights it replaced (<name>-old), in one run with an A/A control:
+# gsm8k, xsum, mt-bench (10 items each), Spec-Bench 3 per category and its 10 coding questions, 128
+# tokens (about 2 h here; resumable with COMPARE_MODE=--resume).
+COMPARED ?= eagle firp medusa sps
+COMPARE_OUT ?= results/drafters-old-vs-new
+COMPARE_MODE ?= --overwrite
+old_weights = $(if $(filter sps,$(1)),sps:old.draft=sps-draft-old,$(1):old.checkpoint=$(1)-old)
+comma := ,
+space := $() $()
+compare-drafters: setup
+	$(BIN)/spec-harness run --control --methods $(subst $(space),$(comma),$(foreach m,$(COMPARED),$(m) $(m):old)) \
+	  $(foreach m,$(COMPARED),--method-arg $(call old_weights,$(m))) --max-new-tokens 128 --num-samples 10 \
+	  --datasets 'gsm8k,xsum,mt-bench,spec-bench@39,spec-bench#coding' --out $(COMPARE_OUT) $(COMPARE_MODE)
+	$(BIN)/spec-harness report $(COMPARE_OUT)
 
 drafter-%: setup
 	@if grep -qs mbpp $(CKPT)/$*.json; then echo "$*: already trained on the four sources"; else \

@@ -13,9 +13,17 @@ from helpers import write_synthetic_run
 
 import methods as registry
 from harness.bench import metrics
-from harness.bench.data import Sample, all_samples, load_samples, select
+from harness.bench.data import (
+    DataError,
+    Sample,
+    all_samples,
+    load_samples,
+    parse_entry,
+    select,
+)
 from harness.bench.divergence import diagnose
 from harness.bench.records_io import read_records
+from harness.bench.report import predicted_for
 from harness.bench.runner import RunConfig, Runner, permutation
 from harness.cli import main
 from harness.core.decoding import decode
@@ -54,6 +62,45 @@ def test_spec_bench_format_from_a_path(tmp_path):
     path.write_text(json.dumps({"question_id": 1, "turns": []}) + "\n")
     with pytest.raises(Exception, match="turns"):
         all_samples(f"specbench:{path}")
+
+
+def test_one_category_is_a_dataset_of_its_own_and_an_entry_may_carry_its_count(tmp_path):
+    coding = all_samples("spec-bench#coding")
+    assert len(coding) == 10 and {(s.dataset, s.category) for s in coding} == {("spec-bench#coding", "coding")}
+    assert [s.sample_id for s in coding] == [s.sample_id for s in all_samples("spec-bench") if s.category == "coding"]
+    with pytest.raises(DataError, match="no category 'cooking'; its categories: writing, roleplay"):
+        all_samples("mt-bench#cooking")
+    for name in ("gsm8k#x", "spec-bench#"):
+        with pytest.raises(DataError, match="unknown dataset"):
+            all_samples(name)
+    assert parse_entry("spec-bench@39") == ("spec-bench", 39) and parse_entry("mt-bench#coding@3") == ("mt-bench#coding", 3)
+    assert parse_entry("gsm8k") == ("gsm8k", None)
+    with pytest.raises(DataError, match="at least 1"):
+        parse_entry("xsum@0")
+    named = tmp_path / "items@2"  # a user's file whose own name ends in @N is read as named
+    named.write_text('{"prompt": "hi"}\n')
+    assert parse_entry(f"jsonl:{named}") == (f"jsonl:{named}", None)
+
+
+def test_a_category_dataset_is_predicted_from_its_kind_of_text():
+    plan = {"predicted_speedup": 1.1, "predicted_by_source": {"code-train": 0.9, "chat-train": 1.0}}
+    assert predicted_for(plan, "spec-bench#coding") == 0.9 and predicted_for(plan, "mt-bench") == 1.0
+    assert predicted_for(plan, "spec-bench") == 1.1 and predicted_for(plan, "spec-bench", "coding") == 0.9
+
+
+def test_a_run_measures_each_datasets_own_count(tiny_model_dir, tmp_path):
+    cfg = RunConfig(methods=["ar"], datasets=["mt-bench@1", "spec-bench#coding"], model=str(tiny_model_dir),
+                    device="cpu", num_samples=2, max_new_tokens=2, out=tmp_path / "o", telemetry=False)
+    Runner(cfg, progress=False).run()
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert {d: len(v) for d, v in manifest["samples"].items()} == {"mt-bench": 1, "spec-bench#coding": 2}
+    assert manifest["request"]["datasets"] == ["mt-bench", "spec-bench#coding"]
+    assert manifest["dataset_counts"] == {"mt-bench": 1}
+    assert {r["dataset"] for r in read_records(tmp_path / "o" / "records.jsonl")} == {"mt-bench", "spec-bench#coding"}
+    twice = RunConfig(methods=["ar"], datasets=["mt-bench@1", "mt-bench@3"], model=str(tiny_model_dir), device="cpu",
+                      out=tmp_path / "p", telemetry=False)
+    with pytest.raises(DataError, match="mt-bench is given twice, with 1 and 3 items"):
+        Runner(twice, progress=False)
 
 
 def test_permutation_is_seeded_and_varies_by_sample():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.bench.jsonl import (
@@ -31,10 +31,12 @@ from harness.bench.sources import (
     tuning_items,
 )
 
-__all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "measured", "chat_prompt", "training_prompts"]
+__all__ = ["DataError", "Sample", "load_samples", "all_samples", "select", "measured", "parse_entry", "chat_prompt",
+           "training_prompts"]
 
 DATASETS = ("gsm8k", "xsum", "mt-bench", "spec-bench")
 PATH_KINDS = ("jsonl:", "specbench:")  # a user's file: prompt/reference/id/category, or Spec-Bench's format
+WITH_CATEGORIES = ("mt-bench", "spec-bench")  # NAME#CATEGORY: the items of one category, a dataset of its own
 # Tuning sets (method defaults, tree shapes, acceptance profiles), never for evaluation: GSM8K
 # train and XSum validation read from the end (drafter training reads them from the start); chat
 # and code: the parts of the instruction and MBPP sources held back from training (sources.py).
@@ -67,7 +69,22 @@ def gsm8k_answer(text: str) -> str:
 
 
 def known(name: str) -> bool:
+    base, hashed, category = name.partition("#")
+    if hashed and base in WITH_CATEGORIES:
+        return bool(category)
     return name in DATASETS or name in TUNING_SETS or name.startswith(PATH_KINDS)
+
+
+def parse_entry(entry: str) -> tuple[str, int | None]:
+    """A --datasets entry -> (dataset name, the items it measures or None for --num-samples):
+    `NAME@N` measures N items of NAME (e.g. spec-bench@39 is 3 per category while the others
+    measure --num-samples). A user's file whose own name ends in @N is read as named."""
+    match = re.fullmatch(r"(.+)@(\d+)", entry)
+    if not match or (entry.startswith(PATH_KINDS) and Path(entry.split(":", 1)[1]).is_file()):
+        return entry, None
+    if int(match[2]) < 1:
+        raise DataError(f"--datasets {entry}: the count after @ must be at least 1")
+    return match[1], int(match[2])
 
 
 def all_samples(name: str, source: str = "local") -> list[Sample]:
@@ -77,7 +94,9 @@ def all_samples(name: str, source: str = "local") -> list[Sample]:
     """
     if not known(name):
         raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS + TUNING_SETS)}, "
-                        "jsonl:PATH, specbench:PATH")
+                        f"jsonl:PATH, specbench:PATH, {'|'.join(WITH_CATEGORIES)}#CATEGORY, any of them @N")
+    if "#" in name and name.partition("#")[0] in WITH_CATEGORIES:
+        return _one_category(name, source)
     if name.startswith("jsonl:"):
         return _user_jsonl(name, Path(name[6:]))
     if name.startswith("specbench:") or name == "spec-bench":
@@ -92,6 +111,17 @@ def all_samples(name: str, source: str = "local") -> list[Sample]:
         return _hub_mt_bench() if source == "hub" else _conversations(name, DATA_ROOT / "mt_bench" / "question.jsonl")
     rows = _hub_rows(name) if source == "hub" else _local_rows(name)
     return [_to_sample(name, i, r) for i, r in enumerate(rows)]
+
+
+def _one_category(name: str, source: str) -> list[Sample]:
+    """`mt-bench#coding`: the items of one category, as a dataset named so in the results."""
+    base, _, category = name.partition("#")
+    items = all_samples(base, source)
+    chosen = [replace(s, dataset=name) for s in items if s.category == category]
+    if not chosen:
+        raise DataError(f"{name}: {base} has no category {category!r}; its categories: "
+                        f"{', '.join(dict.fromkeys(s.category for s in items))}")
+    return chosen
 
 
 def select(samples: list[Sample], n: int | None) -> list[Sample]:

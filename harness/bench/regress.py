@@ -34,7 +34,7 @@ from harness.bench.validate import CONTROL
 DEFAULT_MARGIN = 0.05
 TAU_DIGITS = 9
 # Manifest keys whose change changes tau or the lossless rate for every method.
-RUN_KEYS = ("model_key", "dtype", "device", "max_new_tokens", "num_samples", "data_source")
+RUN_KEYS = ("model_key", "dtype", "device", "max_new_tokens", "num_samples", "dataset_counts", "data_source")
 
 
 @dataclass

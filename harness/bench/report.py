@@ -114,11 +114,13 @@ TUNING_KIND = {"gsm8k": "gsm8k-train", "xsum": "xsum-train", "mt-bench": "chat-t
 
 
 def predicted_for(plan: dict | None, dataset: str, category: str | None = None) -> float | None:
-    """The speedup planned for `dataset` (a category of it, when the table is by category): on the
-    tuning set of its kind of text (TUNING_KIND) when the profile had one, else over all tuning sets."""
+    """The speedup planned for `dataset` (a category of it, when the table is by category or the
+    dataset is one category, spec-bench#coding): on the tuning set of its kind of text
+    (TUNING_KIND) when the profile had one, else over all tuning sets."""
     if not plan:
         return None
-    kind = TUNING_KIND.get(category) if category and category != NO_GROUP else None
+    category = category if category and category != NO_GROUP else dataset.partition("#")[2]
+    kind = TUNING_KIND.get(category)
     kind = kind or TUNING_KIND.get(dataset, f"{dataset}-train")
     return plan.get("predicted_by_source", {}).get(kind, plan["predicted_speedup"])
 

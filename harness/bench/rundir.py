@@ -124,7 +124,8 @@ def check_resumed_samples(old: dict, samples: dict[str, list[str]], num_samples:
     if lost:
         held = ", ".join(f"{d}: {len(old['samples'][d])} items" for d in lost)
         raise ResultsError(f"--resume --num-samples {num_samples}: the run already holds more ({held}); resume "
-                           f"with --num-samples {old.get('num_samples') or 'unset'} or more, or use a new --out")
+                           f"with --num-samples {old.get('num_samples') or 'unset'} or more (and each NAME@N of "
+                           f"{old.get('dataset_counts') or 'none'} or more), or use a new --out")
 
 
 def fsync_dir(path: Path) -> None:

@@ -117,6 +117,7 @@ class Runner:
                     "methods": self.names, "method_configs": {n: self.methods[n].describe() for n in self.names},
                     "batch_sizes": list(self.cfg.batch_sizes), "method_configs_by_batch": self.planned_by_size(),
                     "datasets": list(self.valid.samples), "num_samples": self.cfg.num_samples,
+                    **({"dataset_counts": self.valid.counts} if self.valid.counts else {}),
                     "samples": samples,
                     "warmup_items": {d: (s.sample_id if s else None) for d, s in self.valid.warmup.items()},
                     "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,

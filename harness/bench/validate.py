@@ -11,7 +11,7 @@ from pathlib import Path
 
 import methods as registry
 from harness.bench import rundir
-from harness.bench.data import DataError, Sample, all_samples, measured
+from harness.bench.data import DataError, Sample, all_samples, measured, parse_entry
 from harness.bench.sampled import Sampling
 from harness.core.linear import MODES
 from harness.core.modelload import check_supported, load_config, model_key
@@ -60,6 +60,7 @@ class ValidRun:
     request: dict
     context: int
     resumed: dict | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # datasets given their own count (NAME@N)
 
 
 def method_names(cfg: RunConfig) -> list[str]:
@@ -121,14 +122,27 @@ def as_json(options: dict[str, Options]) -> dict[str, dict]:
     return {n: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()} for n, o in options.items()}
 
 
+def dataset_counts(cfg: RunConfig) -> dict[str, int | None]:
+    """Each dataset of --datasets, in order, with the items it measures: its own NAME@N or
+    --num-samples. A dataset given twice with different counts is refused."""
+    counts: dict[str, int | None] = {}
+    for entry in cfg.datasets:
+        name, count = parse_entry(entry)
+        count = count or cfg.num_samples
+        if counts.get(name, count) != count:
+            raise DataError(f"--datasets: {name} is given twice, with {counts[name]} and {count} items; give it once")
+        counts[name] = count
+    return counts
+
+
 def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, Sample | None]]:
     """The measured subset of every dataset (a notice on stderr where it has fewer items than
-    --num-samples: all are measured, and the manifest lists them) and an unmeasured item for its
+    asked for: all are measured, and the manifest lists them) and an unmeasured item for its
     warm-up."""
     samples, warmup = {}, {}
-    for name in dict.fromkeys(cfg.datasets):
+    for name, count in dataset_counts(cfg).items():
         items = all_samples(name, cfg.data_source)
-        samples[name] = measured(name, items, cfg.num_samples)
+        samples[name] = measured(name, items, count)
         chosen = {id(s) for s in samples[name]}
         warmup[name] = next((s for s in items if id(s) not in chosen), None)
     if cfg.only is not None:  # a shard: its samples of the measured subset (the warm-up item is the run's)
@@ -138,10 +152,10 @@ def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, S
 
 def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
     """What the records of a run depend on: --resume continues only the same request. The number
-    of samples is not part of it: a larger --num-samples extends a run (the stratified subset of
-    N items is the start of the subset of N + k)."""
+    of samples is not part of it: a larger --num-samples (or NAME@N) extends a run (the stratified
+    subset of N items is the start of the subset of N + k)."""
     return {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype, "methods": names,
-            "method_options": options, "datasets": list(dict.fromkeys(cfg.datasets)),
+            "method_options": options, "datasets": list(dataset_counts(cfg)),
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
             "control": cfg.control, **sampling_request(cfg.sampling),
             **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {}),
@@ -184,4 +198,5 @@ def validate(cfg: RunConfig) -> ValidRun:
         rundir.check_resumed_samples(resumed, {d: [s.sample_id for s in v] for d, v in samples.items()}, cfg.num_samples)
     context = model_context(cfg.model)
     check_budget(context, cfg.max_new_tokens)
-    return ValidRun(names, options, samples, warmup, request, context, resumed)
+    counts = {d: n for d, n in dataset_counts(cfg).items() if n != cfg.num_samples}
+    return ValidRun(names, options, samples, warmup, request, context, resumed, counts)

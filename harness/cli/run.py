@@ -35,7 +35,8 @@ def list_cmd(model: str) -> None:
         for opt in cls.options:
             click.echo(f"      {name}.{opt.name}={opt.default!s:<10} {opt.help}")
     click.echo("datasets: " + ", ".join(DATASETS) + ", jsonl:PATH (fields: prompt; optional reference, id, category), "
-               "specbench:PATH (Spec-Bench's question.jsonl format)")
+               "specbench:PATH (Spec-Bench's question.jsonl format); mt-bench#CATEGORY, spec-bench#CATEGORY (one "
+               "category); NAME@N (N items of it, instead of --num-samples)")
 
 
 @click.command()
@@ -51,7 +52,7 @@ def setup() -> None:
 
 @click.command()
 @click.option("--methods", "methods_", default="ar", show_default=True, help="Comma-separated methods (`list` shows them), or 'all' (every method with weights), or 'default' (those of all worth timing on the device found: no CUDA-graph baseline on a CPU); ar always runs as the baseline.")
-@click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, spec-bench, jsonl:PATH, specbench:PATH.")
+@click.option("--datasets", default="gsm8k,xsum,mt-bench", show_default=True, help="Comma-separated: gsm8k, xsum, mt-bench, spec-bench, jsonl:PATH, specbench:PATH; mt-bench#CATEGORY or spec-bench#CATEGORY: one category's items, a dataset of its own (e.g. spec-bench#coding); NAME@N: N items of that dataset instead of --num-samples (e.g. spec-bench@39, 3 per category).")
 @click.option("--num-samples", type=int, default=10, show_default=True, help="N items per dataset: a deterministic subset, stratified by category where the data has categories (>= 1).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'smollm2' (embedded), an HF hub id or a local HF directory.")
