@@ -68,10 +68,16 @@ def gsm8k_answer(text: str) -> str:
     return text.split("####")[-1].strip().replace(",", "")
 
 
-def known(name: str) -> bool:
+def category_parts(name: str) -> tuple[str, str] | None:
+    """(dataset, category) of a one-category name such as `mt-bench#coding`; None for any other."""
     base, hashed, category = name.partition("#")
-    if hashed and base in WITH_CATEGORIES:
-        return bool(category)
+    return (base, category) if hashed and base in WITH_CATEGORIES else None
+
+
+def known(name: str) -> bool:
+    parts = category_parts(name)
+    if parts:
+        return bool(parts[1])
     return name in DATASETS or name in TUNING_SETS or name.startswith(PATH_KINDS)
 
 
@@ -95,7 +101,7 @@ def all_samples(name: str, source: str = "local") -> list[Sample]:
     if not known(name):
         raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS + TUNING_SETS)}, "
                         f"jsonl:PATH, specbench:PATH, {'|'.join(WITH_CATEGORIES)}#CATEGORY, any of them @N")
-    if "#" in name and name.partition("#")[0] in WITH_CATEGORIES:
+    if category_parts(name):
         return _one_category(name, source)
     if name.startswith("jsonl:"):
         return _user_jsonl(name, Path(name[6:]))
@@ -115,7 +121,7 @@ def all_samples(name: str, source: str = "local") -> list[Sample]:
 
 def _one_category(name: str, source: str) -> list[Sample]:
     """`mt-bench#coding`: the items of one category, as a dataset named so in the results."""
-    base, _, category = name.partition("#")
+    base, category = category_parts(name)
     items = all_samples(base, source)
     chosen = [replace(s, dataset=name) for s in items if s.category == category]
     if not chosen:

@@ -135,12 +135,13 @@ def dataset_counts(cfg: RunConfig) -> dict[str, int | None]:
     return counts
 
 
-def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, Sample | None]]:
-    """The measured subset of every dataset (a notice on stderr where it has fewer items than
-    asked for: all are measured, and the manifest lists them) and an unmeasured item for its
-    warm-up."""
+def choose_samples(cfg: RunConfig, counts: dict[str, int | None]) -> tuple[dict[str, list[Sample]],
+                                                                           dict[str, Sample | None]]:
+    """The measured subset of every dataset (`counts`: dataset_counts; a notice on stderr where it
+    has fewer items than asked for: all are measured, and the manifest lists them) and an
+    unmeasured item for its warm-up."""
     samples, warmup = {}, {}
-    for name, count in dataset_counts(cfg).items():
+    for name, count in counts.items():
         items = all_samples(name, cfg.data_source)
         samples[name] = measured(name, items, count)
         chosen = {id(s) for s in samples[name]}
@@ -150,12 +151,12 @@ def choose_samples(cfg: RunConfig) -> tuple[dict[str, list[Sample]], dict[str, S
     return samples, warmup
 
 
-def make_request(cfg: RunConfig, names: list[str], options: dict) -> dict:
+def make_request(cfg: RunConfig, names: list[str], options: dict, datasets: list[str]) -> dict:
     """What the records of a run depend on: --resume continues only the same request. The number
     of samples is not part of it: a larger --num-samples (or NAME@N) extends a run (the stratified
     subset of N items is the start of the subset of N + k)."""
     return {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype, "methods": names,
-            "method_options": options, "datasets": list(dataset_counts(cfg)),
+            "method_options": options, "datasets": datasets,
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
             "control": cfg.control, **sampling_request(cfg.sampling),
             **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {}),
@@ -190,13 +191,14 @@ def validate(cfg: RunConfig) -> ValidRun:
     check_numbers(cfg)
     names = method_names(cfg)
     options = check_methods(cfg, names)
-    samples, warmup = choose_samples(cfg)
+    counts = dataset_counts(cfg)
+    samples, warmup = choose_samples(cfg, counts)
     rundir.check_out(cfg.out, cfg.resume, cfg.overwrite)
-    request = make_request(cfg, names, as_json(options))
+    request = make_request(cfg, names, as_json(options), list(counts))
     resumed = rundir.check_resume(cfg.out, request) if cfg.resume else None
     if resumed is not None:
         rundir.check_resumed_samples(resumed, {d: [s.sample_id for s in v] for d, v in samples.items()}, cfg.num_samples)
     context = model_context(cfg.model)
     check_budget(context, cfg.max_new_tokens)
-    counts = {d: n for d, n in dataset_counts(cfg).items() if n != cfg.num_samples}
-    return ValidRun(names, options, samples, warmup, request, context, resumed, counts)
+    own = {d: n for d, n in counts.items() if n != cfg.num_samples}
+    return ValidRun(names, options, samples, warmup, request, context, resumed, own)
