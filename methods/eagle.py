@@ -55,11 +55,7 @@ from harness.core.drafter import frozen_module, load_frozen
 from harness.core.engine import Context, Engine, region_mask
 from harness.core.method import AUTO, Method, Option, Step
 from harness.core.planning.costmodel import DEFAULT_PREFIX
-from harness.core.planning.shapes import (
-    PLANNING_OPTIONS,
-    draft_cost,
-    grid_point,
-)
+from harness.core.planning.shapes import PLANNING_OPTIONS, draft_cost, grid_point
 from harness.core.tree import Tree
 from harness.train.training import Batch, gather_rows, step_losses, teacher_final
 from methods.eagle_released import released_head

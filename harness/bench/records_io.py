@@ -140,10 +140,9 @@ def complete_turns(records: list[dict], names: list[str]) -> tuple[list[dict], l
         members = {s for _, s in done}
         if len(members) < size[(*where, turn)] or not all((m, s) in done for m in names for s in members):
             first_gap[tuple(where)] = min(turn, first_gap.get(tuple(where), turn))
-    late = lambda r: r["turn"] >= first_gap.get(unit(r), math.inf)
-    kept = [r for r in records if not late(r)]
-    dropped = sorted({(w[0], w[1], t, len({m for m, _ in d})) for (*w, t), d in by_turn.items()
-                      if t >= first_gap.get(tuple(w), math.inf)})
+    late = lambda where, turn: turn >= first_gap.get(tuple(where), math.inf)
+    kept = [r for r in records if not late(unit(r), r["turn"])]
+    dropped = sorted({(w[0], w[1], t, len({m for m, _ in d})) for (*w, t), d in by_turn.items() if late(w, t)})
     return kept, dropped
 
 
