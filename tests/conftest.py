@@ -64,3 +64,38 @@ def real():
     from harness.core.modelload import load_model
 
     return load_model("smollm2", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def real_prompts(real):
+    """(label, prompt ids): the first turn of the first 2 samples of gsm8k, xsum and mt-bench."""
+    from harness.bench.data import chat_prompt, load_samples
+
+    return [(f"{name}#{sample.sample_id}", chat_prompt(real.tokenizer, sample.turns[:1], []))
+            for name in ("gsm8k", "xsum", "mt-bench") for sample in load_samples(name, 2)]
+
+
+@pytest.fixture(scope="session")
+def ar_reference(real):
+    """The baseline's greedy output for (prompt, budget), decoded once for the whole session: most
+    integration tests compare a method against it, and decoding it again per test cost minutes."""
+    from harness.core.decoding import decode
+    from methods.autoregressive import Autoregressive
+
+    engine = Engine(real.model)
+    ar, cache, eos = Autoregressive(engine, real.key), engine.new_cache(2048), {real.tokenizer.eos_token_id}
+    memo: dict[tuple, list[int]] = {}
+
+    def reference(prompt: list[int], max_new: int) -> list[int]:
+        key = (tuple(prompt), max_new)
+        if key not in memo:
+            memo[key] = decode(ar, prompt, max_new, eos, cache).output_ids
+        return memo[key]
+
+    return reference
+
+
+@pytest.fixture(scope="session")
+def references(real_prompts, ar_reference):
+    """(label, prompt, the baseline's 48 new tokens) for each of `real_prompts`."""
+    return [(name, prompt, ar_reference(prompt, 48)) for name, prompt in real_prompts]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_integration_lossless import decode_like_ar, prompts  # noqa: F401  (the fixture)
+from test_integration_lossless import decode_like_ar
 
 import methods as registry
 from harness.core.checkpoint import shown_path
@@ -18,14 +18,14 @@ COST = sorted((Path(__file__).resolve().parent.parent / "results" / "costmodel")
 TREE = {"family": "tree", "depth": 3, "ranks": 3, "p": [[0.6, 0.2, 0.1], [0.6, 0.25, 0.1], [0.6, 0.2, 0.1]]}
 
 
-def test_auto_tree_is_lossless_on_real_text(real, prompts, tmp_path):  # noqa: F811
+def test_auto_tree_is_lossless_on_real_text(real, real_prompts, ar_reference, tmp_path):
     path = tmp_path / "firp.profile.json"
     path.write_text(json.dumps(TREE))
     drafter = registry.get("firp")(Engine(real.model), real.key, profile=str(path), costmodel=str(COST))
     plan = drafter.describe()["plan"]
     assert plan["costmodel"]["path"] == shown_path(COST) and plan["predicted_speedup"] > 0, plan
     assert {len(p) for p in drafter.shape.paths} == {1, 2, 3} and drafter.shape.topk > 1, plan["chosen"]
-    assert decode_like_ar(real, prompts, drafter, f"firp auto: {plan['chosen']}") > 0
+    assert decode_like_ar(real, ar_reference, real_prompts, drafter, f"firp auto: {plan['chosen']}") > 0
 
 
 def test_step_overheads_are_measured_against_what_the_plan_charges(real):

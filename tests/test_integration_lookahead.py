@@ -2,18 +2,12 @@
 output, token for token, on real samples of all three datasets (first turn, 48 new tokens)."""
 
 import pytest
-from test_integration_ar import ar_references
 
 from harness.core.decoding import decode
 from harness.core.engine import Engine
 from methods.lookahead import Lookahead
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def references(real):
-    return ar_references(real)
 
 
 @pytest.mark.parametrize("options", [{}, {"preset": "published"}])

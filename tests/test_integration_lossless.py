@@ -6,35 +6,21 @@ import pytest
 import torch
 
 import methods as registry
-from harness.bench.data import chat_prompt, load_samples
 from harness.core.checkpoint import save_checkpoint
 from harness.core.decoding import decode
 from harness.core.engine import Engine
-from methods.autoregressive import Autoregressive
 from methods.eagle import Eagle, EagleHead, target_shapes
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prompts(real):
-    """First turn of the first 2 samples, and a second turn of MT-bench, per dataset."""
-    out = []
-    for name in ("gsm8k", "xsum", "mt-bench"):
-        for sample in load_samples(name, 2):
-            out.append((f"{name}#{sample.sample_id}", chat_prompt(real.tokenizer, sample.turns[:1], [])))
-    return out
-
-
-def decode_like_ar(real, prompts, drafter, label: str) -> int:
-    """Every prompt decoded by `drafter` equals the autoregressive output; returns the draft
-    tokens accepted over all prompts."""
+def decode_like_ar(real, reference, prompts, drafter, label: str) -> int:
+    """Every prompt decoded by `drafter` (64 new tokens) equals the autoregressive output; returns
+    the draft tokens accepted over all prompts."""
     engine, eos = drafter.engine, {real.tokenizer.eos_token_id}
-    cache = engine.new_cache(2048)
-    ar = Autoregressive(engine, real.key)
-    accepted = 0
+    cache, accepted = engine.new_cache(2048), 0
     for name, prompt in prompts:
-        ref = decode(ar, prompt, 64, eos, cache).output_ids
+        ref = reference(prompt, 64)
         got = decode(drafter, prompt, 64, eos, cache)
         assert got.output_ids == ref, f"{label} {name}: diverges at {next(i for i, (a, b) in enumerate(zip(got.output_ids, ref)) if a != b)}"
         accepted += len(ref) - len(got.accept_lengths)
@@ -45,25 +31,25 @@ def decode_like_ar(real, prompts, drafter, label: str) -> int:
     ("firp", {}), ("firp", {"tree": "chain"}), ("medusa", {}), ("medusa", {"tree": "medusa63"}),
     ("eagle", {}), ("eagle", {"depth": 6, "top_k": 8, "total_tokens": 48}),
 ])
-def test_trained_method_is_lossless_on_real_text(real, prompts, method, options):
+def test_trained_method_is_lossless_on_real_text(real, real_prompts, ar_reference, method, options):
     cls = registry.get(method)
     if method == "eagle" and not cls.default_weights(real.key).exists():
         pytest.skip("no trained eagle checkpoint for the embedded model yet (spec-harness train eagle)")
     drafter = cls(Engine(real.model), real.key, **options)
     # drafts were accepted: the tree paths were exercised, not only the bonus
-    assert decode_like_ar(real, prompts, drafter, f"{method} {options}") > 0
+    assert decode_like_ar(real, ar_reference, real_prompts, drafter, f"{method} {options}") > 0
 
 
-def test_eagle_with_an_untrained_head_is_lossless_on_real_text(real, prompts, tmp_path):
+def test_eagle_with_an_untrained_head_is_lossless_on_real_text(real, real_prompts, ar_reference, tmp_path):
     engine = Engine(real.model)
     torch.manual_seed(0)
     head = EagleHead(engine, target_shapes(engine))
     save_checkpoint(tmp_path / "eagle.safetensors", head, {"method": "eagle", "config": head.config()})
     eagle = Eagle(engine, real.key, checkpoint=str(tmp_path / "eagle.safetensors"))
-    decode_like_ar(real, prompts, eagle, "eagle (untrained)")
+    decode_like_ar(real, ar_reference, real_prompts, eagle, "eagle (untrained)")
 
 
-def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, prompts, tmp_path):
+def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, real_prompts, ar_reference, tmp_path):
     """The fused three-layer input and a reduced draft vocabulary (mapped back through d2t) on real
     gsm8k / xsum / MT-bench prompts: ar's tokens exactly (a trained head: once one is shipped)."""
     from methods.eagle3 import Eagle3, Eagle3Head, head_config
@@ -75,4 +61,4 @@ def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, prompts, t
     save_checkpoint(tmp_path / "eagle3.safetensors", head, {"method": "eagle3", "config": head.config()})
     eagle3 = Eagle3(engine, real.key, checkpoint=str(tmp_path / "eagle3.safetensors"), depth=3, top_k=4, total_tokens=8)
     assert eagle3.head.shapes["layers"] == [2, 15, 27]
-    decode_like_ar(real, prompts, eagle3, "eagle3 (untrained)")
+    decode_like_ar(real, ar_reference, real_prompts, eagle3, "eagle3 (untrained)")

@@ -4,7 +4,6 @@ tokens); sps with an untrained embedded draft built here (no checkpoint needed) 
 been trained, with the shipped one; hf-assisted with the same draft equals the baseline too."""
 
 import pytest
-from test_integration_ar import ar_references
 
 from harness.core.checkpoint import save_checkpoint
 from harness.core.decoding import decode
@@ -15,11 +14,6 @@ from methods.sps import SpS
 from methods.sps_draft import ShallowDraft, pick_layers
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def references(real):
-    return ar_references(real)
 
 
 @pytest.fixture(scope="module")

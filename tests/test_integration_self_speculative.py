@@ -3,10 +3,8 @@ artifact needed) equals the autoregressive output, token for token, on real samp
 
 import pytest
 
-from harness.bench.data import chat_prompt, load_samples
 from harness.core.decoding import decode
 from harness.core.engine import Engine
-from methods.autoregressive import Autoregressive
 from methods.self_speculative import SelfSpeculative
 
 pytestmark = pytest.mark.integration
@@ -15,17 +13,12 @@ pytestmark = pytest.mark.integration
 SKIP = "a10,a12,a14,a16,a18,a20,a22,a24,a26,m11,m13,m15,m17,m19,m21,m23,m25,m27"
 
 
-def test_self_spec_is_lossless_on_real_text(real):
+def test_self_spec_is_lossless_on_real_text(real, references):
     engine = Engine(real.model)
-    cache = engine.new_cache(2048)
-    eos = {real.tokenizer.eos_token_id}
-    ar = Autoregressive(engine, real.key)
+    cache, eos = engine.new_cache(2048), {real.tokenizer.eos_token_id}
     method = SelfSpeculative(engine, real.key, skip=SKIP)
-    for name in ("gsm8k", "xsum", "mt-bench"):
-        for sample in load_samples(name, 2):
-            prompt = chat_prompt(real.tokenizer, sample.turns[:1], [])
-            ref = decode(ar, prompt, 48, eos, cache).output_ids
-            got = decode(method, prompt, 48, eos, cache).output_ids
-            diverge = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
-            assert got == ref, f"{name}#{sample.sample_id}: diverges at {diverge}"
+    for name, prompt, ref in references:
+        got = decode(method, prompt, 48, eos, cache).output_ids
+        diverge = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
+        assert got == ref, f"{name}: diverges at {diverge}"
     assert 0 < method.accepted < method.drafted  # drafts were accepted and rejected: both paths ran
