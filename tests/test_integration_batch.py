@@ -37,6 +37,8 @@ def test_every_batched_sequence_equals_ar_at_batch_one(tmp_path):
            for r in four if not r.get("skipped")
            and r["output_ids"] != alone[(r["dataset"], r["sample_id"], r["turn"], r["temperature"])]]
     assert not bad, bad
-    assert all(r["lossless"] is True for r in four if not r.get("skipped"))
+    # the runner's own check: each method against the baseline's batch of 4 (the baseline's own
+    # batch has no batch-1 run beside it here: the comparison above is its check)
+    assert all(r["lossless"] is True for r in four if not r.get("skipped") and r["method"] != "ar")
     assert all(any(sum(r["accepted"]) > 0 for r in four if not r.get("skipped") and r["method"] == name)
                for name in ("firp", "pld", "eagle", "lookahead"))
