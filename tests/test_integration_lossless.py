@@ -1,6 +1,6 @@
 """Integration on the embedded model with the committed weights: greedy output of every trained
 method equals the autoregressive output, token for token, on real samples of all three datasets
-(eagle: with an untrained head built here, and with the committed checkpoint once trained)."""
+(eagle and eagle3: with an untrained head built here, and with the committed checkpoint once trained)."""
 
 import pytest
 import torch
@@ -29,12 +29,12 @@ def decode_like_ar(real, reference, prompts, drafter, label: str) -> int:
 
 @pytest.mark.parametrize("method, options", [
     ("firp", {}), ("firp", {"tree": "chain"}), ("medusa", {}), ("medusa", {"tree": "medusa63"}),
-    ("eagle", {}), ("eagle", {"depth": 6, "top_k": 8, "total_tokens": 48}),
+    ("eagle", {}), ("eagle", {"depth": 6, "top_k": 8, "total_tokens": 48}), ("eagle3", {}),
 ])
 def test_trained_method_is_lossless_on_real_text(real, real_prompts, ar_reference, method, options):
     cls = registry.get(method)
-    if method == "eagle" and not cls.default_weights(real.key).exists():
-        pytest.skip("no trained eagle checkpoint for the embedded model yet (spec-harness train eagle)")
+    if method.startswith("eagle") and not cls.default_weights(real.key).exists():
+        pytest.skip(f"no trained {method} checkpoint for the embedded model yet (spec-harness train {method})")
     drafter = cls(Engine(real.model), real.key, **options)
     # drafts were accepted: the tree paths were exercised, not only the bonus
     assert decode_like_ar(real, ar_reference, real_prompts, drafter, f"{method} {options}") > 0
