@@ -46,6 +46,20 @@ def assert_lossless(engine, method, prompts=3, max_new=40, eos=96, sampling=None
     return sum(taus) / len(taus)
 
 
+def assert_reproduces(method, references, max_new: int, eos: set[int], label: str = "") -> int:
+    """Each (name, prompt, reference) decoded by `method` with `max_new` new tokens equals the
+    reference token for token (a failure names the first divergence); returns the draft tokens
+    accepted over all prompts (tokens minus steps: each step adds one token of the target's own)."""
+    cache, accepted = method.engine.new_cache(2048), 0
+    for name, prompt, ref in references:
+        got = decode(method, prompt, max_new, eos, cache)
+        pairs = zip(got.output_ids, ref)
+        diverge = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(ref), len(got.output_ids)))
+        assert got.output_ids == ref, f"{label or method.name} {name}: diverges at token {diverge}"
+        accepted += len(ref) - len(got.accept_lengths)
+    return accepted
+
+
 def assert_training_reduces_loss(module, engine, lr):
     """30 steps of the shared training loop on random sequences cut the module's loss on a fixed
     batch by at least 15%; returns the training record."""

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_integration_lossless import decode_like_ar
+from test_integration_lossless import like_ar
 
 import methods as registry
 from harness.core.checkpoint import shown_path
@@ -25,7 +25,7 @@ def test_auto_tree_is_lossless_on_real_text(real, real_prompts, ar_reference, tm
     plan = drafter.describe()["plan"]
     assert plan["costmodel"]["path"] == shown_path(COST) and plan["predicted_speedup"] > 0, plan
     assert {len(p) for p in drafter.shape.paths} == {1, 2, 3} and drafter.shape.topk > 1, plan["chosen"]
-    assert decode_like_ar(real, ar_reference, real_prompts, drafter, f"firp auto: {plan['chosen']}") > 0
+    assert like_ar(real, ar_reference, real_prompts, drafter, f"firp auto: {plan['chosen']}") > 0
 
 
 def test_step_overheads_are_measured_against_what_the_plan_charges(real):

@@ -4,27 +4,21 @@ method equals the autoregressive output, token for token, on real samples of all
 
 import pytest
 import torch
+from helpers import assert_reproduces
 
 import methods as registry
 from harness.core.checkpoint import save_checkpoint
-from harness.core.decoding import decode
 from harness.core.engine import Engine
 from methods.eagle import Eagle, EagleHead, target_shapes
 
 pytestmark = pytest.mark.integration
 
 
-def decode_like_ar(real, reference, prompts, drafter, label: str) -> int:
+def like_ar(real, reference, prompts, drafter, label: str = "") -> int:
     """Every prompt decoded by `drafter` (64 new tokens) equals the autoregressive output; returns
     the draft tokens accepted over all prompts."""
-    engine, eos = drafter.engine, {real.tokenizer.eos_token_id}
-    cache, accepted = engine.new_cache(2048), 0
-    for name, prompt in prompts:
-        ref = reference(prompt, 64)
-        got = decode(drafter, prompt, 64, eos, cache)
-        assert got.output_ids == ref, f"{label} {name}: diverges at {next(i for i, (a, b) in enumerate(zip(got.output_ids, ref)) if a != b)}"
-        accepted += len(ref) - len(got.accept_lengths)
-    return accepted
+    refs = [(name, prompt, reference(prompt, 64)) for name, prompt in prompts]
+    return assert_reproduces(drafter, refs, 64, {real.tokenizer.eos_token_id}, label)
 
 
 @pytest.mark.parametrize("method, options", [
@@ -37,7 +31,7 @@ def test_trained_method_is_lossless_on_real_text(real, real_prompts, ar_referenc
         pytest.skip(f"no trained {method} checkpoint for the embedded model yet (spec-harness train {method})")
     drafter = cls(Engine(real.model), real.key, **options)
     # drafts were accepted: the tree paths were exercised, not only the bonus
-    assert decode_like_ar(real, ar_reference, real_prompts, drafter, f"{method} {options}") > 0
+    assert like_ar(real, ar_reference, real_prompts, drafter, f"{method} {options}") > 0
 
 
 def test_eagle_with_an_untrained_head_is_lossless_on_real_text(real, real_prompts, ar_reference, tmp_path):
@@ -46,7 +40,7 @@ def test_eagle_with_an_untrained_head_is_lossless_on_real_text(real, real_prompt
     head = EagleHead(engine, target_shapes(engine))
     save_checkpoint(tmp_path / "eagle.safetensors", head, {"method": "eagle", "config": head.config()})
     eagle = Eagle(engine, real.key, checkpoint=str(tmp_path / "eagle.safetensors"))
-    decode_like_ar(real, ar_reference, real_prompts, eagle, "eagle (untrained)")
+    like_ar(real, ar_reference, real_prompts, eagle, "eagle (untrained)")
 
 
 def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, real_prompts, ar_reference, tmp_path):
@@ -61,4 +55,4 @@ def test_eagle3_with_an_untrained_head_is_lossless_on_real_text(real, real_promp
     save_checkpoint(tmp_path / "eagle3.safetensors", head, {"method": "eagle3", "config": head.config()})
     eagle3 = Eagle3(engine, real.key, checkpoint=str(tmp_path / "eagle3.safetensors"), depth=3, top_k=4, total_tokens=8)
     assert eagle3.head.shapes["layers"] == [2, 15, 27]
-    decode_like_ar(real, ar_reference, real_prompts, eagle3, "eagle3 (untrained)")
+    like_ar(real, ar_reference, real_prompts, eagle3, "eagle3 (untrained)")

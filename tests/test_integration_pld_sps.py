@@ -4,9 +4,9 @@ tokens); sps with an untrained embedded draft built here (no checkpoint needed) 
 been trained, with the shipped one; hf-assisted with the same draft equals the baseline too."""
 
 import pytest
+from helpers import assert_reproduces
 
 from harness.core.checkpoint import save_checkpoint
-from harness.core.decoding import decode
 from harness.core.engine import Engine
 from methods.peers import HFAssisted
 from methods.pld import PromptLookup
@@ -26,14 +26,8 @@ def untrained_draft(real, tmp_path_factory):
 
 
 def assert_lossless_on(real, references, method) -> int:
-    """Every reference reproduced; returns the draft tokens accepted."""
-    cache, accepted = method.engine.new_cache(2048), 0
-    for name, prompt, ref in references:
-        got = decode(method, prompt, 48, {real.tokenizer.eos_token_id}, cache)
-        diverge = next((i for i, (a, b) in enumerate(zip(got.output_ids, ref)) if a != b), None)
-        assert got.output_ids == ref, f"{method.name} {name}: diverges at {diverge}"
-        accepted += sum(got.accepted)
-    return accepted
+    """Every 48-token reference reproduced; returns the draft tokens accepted."""
+    return assert_reproduces(method, references, 48, {real.tokenizer.eos_token_id})
 
 
 @pytest.mark.parametrize("options", [{}, {"k": "4", "max_ngram": "2"}])

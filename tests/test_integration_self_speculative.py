@@ -2,8 +2,8 @@
 artifact needed) equals the autoregressive output, token for token, on real samples."""
 
 import pytest
+from helpers import assert_reproduces
 
-from harness.core.decoding import decode
 from harness.core.engine import Engine
 from methods.self_speculative import SelfSpeculative
 
@@ -14,11 +14,6 @@ SKIP = "a10,a12,a14,a16,a18,a20,a22,a24,a26,m11,m13,m15,m17,m19,m21,m23,m25,m27"
 
 
 def test_self_spec_is_lossless_on_real_text(real, references):
-    engine = Engine(real.model)
-    cache, eos = engine.new_cache(2048), {real.tokenizer.eos_token_id}
-    method = SelfSpeculative(engine, real.key, skip=SKIP)
-    for name, prompt, ref in references:
-        got = decode(method, prompt, 48, eos, cache).output_ids
-        diverge = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
-        assert got == ref, f"{name}: diverges at {diverge}"
+    method = SelfSpeculative(Engine(real.model), real.key, skip=SKIP)
+    assert_reproduces(method, references, 48, {real.tokenizer.eos_token_id})
     assert 0 < method.accepted < method.drafted  # drafts were accepted and rejected: both paths ran
