@@ -50,11 +50,14 @@ def default_layers(num_layers: int) -> tuple[int, int, int]:
     return tuple(sorted((min(2, num_layers - 1), num_layers // 2, max(0, num_layers - 3))))
 
 
-def head_config(engine: Engine, layers=None, draft_vocab: int = 0, unroll: int = UNROLL) -> dict:
-    """A head's config for this target (layer shapes copied from it)."""
+def head_config(engine: Engine, layers=None, draft_vocab: int = 0, unroll: int = UNROLL,
+                feature: float = 0.0) -> dict:
+    """A head's config for this target (layer shapes copied from it); `feature`: the weight of the
+    optional feature-regression term in training (0: the paper's loss, KL only)."""
     cfg = engine.config
     return {"layers": list(layers or default_layers(engine.num_layers)), "draft_vocab": draft_vocab,
-            "unroll": unroll, "embedding": False, **{k: getattr(cfg, k) for k in SHAPES}}
+            "unroll": unroll, "embedding": False, "loss": {"feature": feature},
+            **{k: getattr(cfg, k) for k in SHAPES}}
 
 
 class Eagle3Layer(nn.Module):
@@ -95,6 +98,7 @@ class Eagle3Head(nn.Module):
         t, d = engine.config, engine.hidden_size
         self.shapes = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k != "loss"}
         self.steps = int(config["unroll"])  # draft steps trained (held-out agreement per step)
+        self.feature_weight = float((config.get("loss") or {}).get("feature", 0.0))  # older sidecars: none
         self.fc = nn.Linear(3 * d, d, bias=False)
         self.midlayer = Eagle3Layer(t, d, config)
         self.norm = LlamaRMSNorm(d, config["rms_norm_eps"])
@@ -109,7 +113,7 @@ class Eagle3Head(nn.Module):
         self._vocab = vocab
 
     def config(self) -> dict:
-        return dict(self.shapes)
+        return {**self.shapes, "loss": {"feature": self.feature_weight}}
 
     @property
     def reads_layers(self) -> tuple[int, ...]:

@@ -8,7 +8,9 @@ is the head's own step-(j - 1) output and whose token is the real x_{h+j+1} (an 
 the target's token). It attends to step 0's rows <= h and to its own chain's earlier steps: the
 rows and positions a drafted row of depth j sees in the decode loop. Step j's logits are trained
 towards the target's distribution at position h + j + 1 (KL, on the draft vocabulary when it is
-reduced). No feature regression: the paper drops it.
+reduced). No feature regression by default, as the paper; `--feature-weight w` adds w times a
+smooth L1 between the head's normed step-j output and the target's normed last-layer state at
+h + j + 1 (EAGLE-1's feature loss, for data budgets far below the paper's).
 """
 
 from __future__ import annotations
@@ -76,7 +78,24 @@ def ttt_loss(head, engine: Engine, batch: Batch):
     outs = unroll(head, engine, fused, batch)
     draft = torch.stack([head.draft_logits(o) for o in outs], dim=1)  # [B, K, m, Vd]
     ok = batch.hang_ok[:, None, :] & (at < batch.lengths[:, None, None])  # [B, K, m]: x_{h+j+1} is real
-    return vocab_losses(target, draft, ok, head.draft_ids())
+    loss, hits, counted = vocab_losses(target, draft, ok, head.draft_ids())
+    if head.feature_weight:
+        loss = loss + head.feature_weight * feature_loss(head, engine, outs, batch, at, ok)
+    return loss, hits, counted
+
+
+def feature_loss(head, engine: Engine, outs: list[torch.Tensor], batch: Batch, at: torch.Tensor,
+                 ok: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 between the head's normed outputs (outs: K x [B, m, d]) and the target's normed
+    last-layer states at positions `at` [B, K, m]: averaged over each step's real rows `ok`
+    [B, K, m] and summed over steps, as the KL (so w = 10 is EAGLE-1's 1 : 0.1 at every step)."""
+    (B, K, m), T = at.shape, batch.ids.shape[1]
+    with torch.no_grad():
+        real = engine.norm(gather_rows(batch.final, at.clamp(max=T - 1).view(B, K * m))).view(B, K, m, -1)
+    pred = head.norm(torch.stack(outs, dim=1))  # [B, K, m, d]
+    l1 = torch.nn.functional.smooth_l1_loss(pred.float(), real.float(), reduction="none").mean(-1)  # [B, K, m]
+    okf = ok.float()
+    return ((l1 * okf).sum((0, 2)) / okf.sum((0, 2)).clamp(min=1)).sum()
 
 
 def vocab_losses(teacher: torch.Tensor, draft: torch.Tensor, ok: torch.Tensor, ids: torch.Tensor | None):

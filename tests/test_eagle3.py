@@ -19,9 +19,9 @@ from methods.eagle3_train import draft_vocabulary, unroll, with_vocabulary
 VOCAB_IDS = torch.tensor([3, 10, 11, 40, 60, 61, 62, 63, 70, 80, 90, 95])
 
 
-def make_head(engine, draft_vocab=0, layers=(0, 1, 3), unroll=3, seed=0):
+def make_head(engine, draft_vocab=0, layers=(0, 1, 3), unroll=3, seed=0, feature=0.0):
     torch.manual_seed(seed)
-    head = Eagle3Head(engine, head_config(engine, layers, draft_vocab, unroll))
+    head = Eagle3Head(engine, head_config(engine, layers, draft_vocab, unroll, feature))
     return with_vocabulary(head, engine, VOCAB_IDS[:draft_vocab]) if draft_vocab else head
 
 
@@ -131,11 +131,31 @@ def test_a_checkpoint_keeps_its_vocabulary_map(engine, tmp_path):
     assert eagle.head.d2t.dtype == torch.long and torch.equal(eagle.head.d2t.cpu(), head.d2t)
 
 
-@pytest.mark.parametrize("draft_vocab", [0, 12])
-def test_training_reduces_the_loss(engine, draft_vocab):
-    head = make_head(engine, draft_vocab=draft_vocab, unroll=2)
+@pytest.mark.parametrize("draft_vocab, feature", [(0, 0.0), (12, 0.0), (12, 1.0)])
+def test_training_reduces_the_loss(engine, draft_vocab, feature):
+    head = make_head(engine, draft_vocab=draft_vocab, unroll=2, feature=feature)
     record = assert_training_reduces_loss(head, engine, lr=3e-3)
     assert len(record["heldout_top1"]) == 2
+
+
+def test_the_feature_term_is_an_optional_weighted_addition_recorded_in_the_sidecar(engine, tmp_path):
+    from helpers import random_sequences
+
+    from harness.train.training import TrainConfig, make_batch
+
+    seqs, cfg = random_sequences(4), TrainConfig(batch=4, positions=8, max_len=64)
+
+    def loss(weight):  # the same head and batch at every weight
+        return make_head(engine, unroll=2, feature=weight).loss(engine, make_batch(seqs, cfg, random.Random(0)))[0]
+    with torch.no_grad():
+        plain, half, whole = loss(0.0), loss(0.5), loss(1.0)
+    assert half > plain
+    torch.testing.assert_close(whole - plain, 2 * (half - plain))
+    loaded = make_eagle3(engine, tmp_path, make_head(engine, feature=0.5), depth=2, top_k=2, total_tokens=3)
+    assert loaded.head.feature_weight == 0.5
+    assert make_head(engine).config()["loss"] == {"feature": 0.0}
+    older = {k: v for k, v in head_config(engine, (0, 1, 3)).items() if k != "loss"}  # a sidecar before the option
+    assert Eagle3Head(engine, older).feature_weight == 0.0
 
 
 def test_cached_teacher_rows_give_the_same_loss(engine):

@@ -26,8 +26,11 @@ DRAFT_VOCAB = 8192  # the embedded model's 49,152 ids: the most frequent 8,192 o
 @click.option("--draft-vocab", type=click.IntRange(min=0), default=DRAFT_VOCAB, show_default=True,
               help="Draft vocabulary: the N tokens most frequent in the corpus's answers, with the head's own LM "
                    "head over them (d2t maps them back); 0: the target's LM head over the full vocabulary.")
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a feature-regression term (smooth L1 of the head's normed output to the target's "
+                   "normed last-layer state, as EAGLE-1) added to the KL; 0: the paper's loss.")
 @corpus_options
-def train_eagle3_cmd(layers, unroll, draft_vocab, **kw) -> None:
+def train_eagle3_cmd(layers, unroll, draft_vocab, feature_weight, **kw) -> None:
     """EAGLE-3: a head over the target's fused low/mid/high features, unrolled on its own outputs
     while training (weights + JSON sidecar, with the draft vocabulary's coverage of the corpus)."""
     from harness.train.distill import load_corpus
@@ -51,7 +54,8 @@ def train_eagle3_cmd(layers, unroll, draft_vocab, **kw) -> None:
         click.echo(f"draft vocabulary: {draft_vocab} tokens, {100 * coverage(seqs, ids):.1f}% of the corpus's answer tokens")
 
     def build(engine):
-        head = Eagle3Head(engine, head_config(engine, chosen, draft_vocab, unroll))
+        shape = head_config(engine, chosen, draft_vocab, unroll, feature_weight)
+        head = Eagle3Head(engine, shape)
         return with_vocabulary(head, engine, ids) if ids is not None else head
 
     _train_drafter(lm, kw, "eagle3", build)
