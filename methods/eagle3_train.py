@@ -20,7 +20,14 @@ from collections import Counter
 import torch
 
 from harness.core.engine import Engine
-from harness.train.training import TOPK, Batch, gather_rows, step_losses, teacher_pass
+from harness.train.training import (
+    TOPK,
+    Batch,
+    gather_rows,
+    per_step_mean,
+    step_losses,
+    teacher_pass,
+)
 
 
 class ChainKV:
@@ -94,8 +101,7 @@ def feature_loss(head, engine: Engine, outs: list[torch.Tensor], batch: Batch, a
         real = engine.norm(gather_rows(batch.final, at.clamp(max=T - 1).view(B, K * m))).view(B, K, m, -1)
     pred = head.norm(torch.stack(outs, dim=1))  # [B, K, m, d]
     l1 = torch.nn.functional.smooth_l1_loss(pred.float(), real.float(), reduction="none").mean(-1)  # [B, K, m]
-    okf = ok.float()
-    return ((l1 * okf).sum((0, 2)) / okf.sum((0, 2)).clamp(min=1)).sum()
+    return per_step_mean(l1, ok)
 
 
 def vocab_losses(teacher: torch.Tensor, draft: torch.Tensor, ok: torch.Tensor, ids: torch.Tensor | None):

@@ -163,6 +163,12 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 TOPK = 5  # top-1..top-5 agreement is tracked (the paper's Figure 3)
 
 
+def per_step_mean(values: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """values [B, K, m] averaged over each step's ok [B, K, m] entries, summed over the K steps."""
+    okf = ok.float()
+    return ((values * okf).sum((0, 2)) / okf.sum((0, 2)).clamp(min=1)).sum()
+
+
 def step_losses(teacher: torch.Tensor, draft: torch.Tensor, ok: torch.Tensor):
     """Per draft step: KL(p_teacher || q_draft) over the vocabulary, averaged over ok entries and
     summed over steps; and whether the teacher's greedy token is in the draft's top-1..top-5.
@@ -173,8 +179,7 @@ def step_losses(teacher: torch.Tensor, draft: torch.Tensor, ok: torch.Tensor):
     logp = torch.log_softmax(teacher.float(), -1)
     logq = torch.log_softmax(draft.float(), -1)
     kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, K, m]
-    okf = ok.float()
-    loss = ((kl * okf).sum((0, 2)) / okf.sum((0, 2)).clamp(min=1)).sum()
+    loss = per_step_mean(kl, ok)
     with torch.no_grad():
         rank = (logq.topk(TOPK, -1).indices == logp.argmax(-1, keepdim=True)).int().cumsum(-1)  # [B, K, m, TOPK]
         hits = (rank * ok[..., None]).sum((0, 2))
