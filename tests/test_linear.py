@@ -123,6 +123,9 @@ def test_a_cached_cost_model_of_other_formulations_is_measured_again(tmp_path, m
     apply(model, hand_table(model))
     costmodel.for_engine(Engine(model), "tiny")
     assert measured == [1, 1]  # the engine's formulations changed
+    assert json.loads(path.read_text())["layers"] == "lean"
+    costmodel.for_engine(Engine(model, "modules"), "tiny")
+    assert measured == [1, 1, 1]  # the engine's decoder layers changed
 
 
 def test_linear_gain_times_both_formulations_in_one_process(tiny_model_dir, tmp_path, monkeypatch):
@@ -136,7 +139,8 @@ def test_linear_gain_times_both_formulations_in_one_process(tiny_model_dir, tmp_
                                     "--repeats", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
-    assert result["n"] == [1, 2, 3] and all(len(result["c_ms"][m]) == 3 for m in ("off", "auto"))
+    assert result["n"] == [1, 2, 3] and all(len(result["c_ms"][m]) == 3 for m in ("off", "auto", "lean"))
+    assert result["layers"] == {"off": "modules", "control": "modules", "auto": "modules", "lean": "lean"}
     assert result["linear"]["mode"] == "auto" and result["linear"]["layers"] == 3 * 7 + 1
     assert "of the roofline's speed" in res.output
     bad = CliRunner().invoke(main, ["linear-gain", "--model", str(tiny_model_dir), "--n", "0-2"])

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from harness.core.engine import Engine
-from harness.core.linear import digest, roofline
+from harness.core.linear import roofline
 from harness.core.planning.costmodel import (
     DEFAULT_NS,
     DEFAULT_PREFIX,
+    computed_with,
     measure,
     ratio_at,
 )
@@ -34,10 +35,12 @@ def run(model: str, device: str = "auto", dtype: str | None = None, prefix: int 
     from harness.core.modelload import load_model
 
     lm = load_model(model, device, dtype, linear)
-    result = measure(Engine(lm.model), ns, prefix, repeats)
+    engine = Engine(lm.model)
+    result = measure(engine, ns, prefix, repeats)
     return {"model": lm.key, "device": lm.device, "dtype": lm.dtype, "hardware": hardware(lm.device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "linear": digest(lm.model),
-            "linear_formulations": lm.linear["not_f_linear"], "roofline_s": roofline(lm.model), **result}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **computed_with(engine),
+            "linear_formulations": lm.linear["not_f_linear"],
+            "roofline_s": roofline(lm.model), **result}
 
 
 def default_out(result: dict) -> Path:

@@ -13,6 +13,7 @@ import methods as registry
 from harness.bench.batches import batch_sizes
 from harness.bench.sampled import Sampling, temperatures
 from harness.bench.validate import RunConfig
+from harness.core.lean import DEFAULT_LAYERS
 from harness.core.modelload import DEFAULT_MODEL, model_key, resolve_device
 from harness.core.options import MethodError
 
@@ -24,7 +25,7 @@ RUN_OPTIONS: dict[str, tuple[type, Any]] = {
     "method_arg": (list, []), "seed": (int, 0), "data_source": (str, "local"), "telemetry": (bool, True),
     "warmup": (bool, True), "control": (bool, False), "temperature": (str, "0"), "top_k": (int, 0),
     "top_p": (float, 1.0), "acceptance": (str, "exact"), "batch_size": (str, "1"), "costmodel": (str, None),
-    "linear": (str, "auto"),
+    "linear": (str, "auto"), "layers": (str, DEFAULT_LAYERS),
 }
 
 
@@ -76,4 +77,4 @@ def run_config(out: Path | None = None, resume: bool = False, overwrite: bool = 
                      seed=o["seed"], data_source=o["data_source"], method_args=args, out=out, resume=resume,
                      overwrite=overwrite, telemetry=o["telemetry"], warmup=o["warmup"], control=o["control"],
                      sampling=Sampling(temperatures(o["temperature"]), o["top_k"], o["top_p"], o["acceptance"]),
-                     batch_sizes=batch_sizes(o["batch_size"]), linear=o["linear"])
+                     batch_sizes=batch_sizes(o["batch_size"]), linear=o["linear"], layers=o["layers"])

@@ -54,7 +54,7 @@ class Runner:
         self.cfg, self.progress = cfg, progress
         torch.manual_seed(cfg.seed)
         self.lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, cfg.linear)
-        self.engine = Engine(self.lm.model)
+        self.engine = Engine(self.lm.model, cfg.layers)
         self.names = self.valid.names
         self.by_size: dict[int, dict[str, Method]] = {}  # per batch size: shapes planned for it
         for size in cfg.batch_sizes:
@@ -121,7 +121,8 @@ class Runner:
                     "samples": samples,
                     "warmup_items": {d: (s.sample_id if s else None) for d, s in self.valid.warmup.items()},
                     "max_new_tokens": self.cfg.max_new_tokens, "seed": self.cfg.seed,
-                    "data_source": self.cfg.data_source, "linear": self.lm.linear, "telemetry": self.kind,
+                    "data_source": self.cfg.data_source, "linear": self.lm.linear,
+                    "layers": self.engine.layer_path, "telemetry": self.kind,
                     "telemetry_info": telemetry_info(self.lm.device) if self.kind != "off" else None,
                     "eos_ids": sorted(self.eos),
                     "baseline": registry.BASELINE, "control": self.cfg.control,

@@ -13,6 +13,7 @@ import methods as registry
 from harness.bench import rundir
 from harness.bench.data import DataError, Sample, all_samples, measured, parse_entry
 from harness.bench.sampled import Sampling
+from harness.core.lean import DEFAULT_LAYERS, LAYER_PATHS
 from harness.core.linear import MODES
 from harness.core.modelload import check_supported, load_config, model_key
 from harness.core.options import MethodError, Options
@@ -44,6 +45,7 @@ class RunConfig:
     batch_sizes: tuple[int, ...] = (1,)  # each its own set of pairs (--batch-size)
     only: dict[str, list[str]] | None = None  # a shard of a sweep: the sample ids per dataset it decodes
     linear: str = "auto"  # linear formulations: auto (fastest here per row count) or off (F.linear)
+    layers: str = DEFAULT_LAYERS  # decoder layers: lean (harness/core/lean.py) or modules (transformers' own)
 
 
 @dataclass
@@ -80,6 +82,8 @@ def check_numbers(cfg: RunConfig) -> None:
         raise DataError(f"--seed {cfg.seed}: must be 0 or more")
     if cfg.linear not in MODES:
         raise DataError(f"--linear {cfg.linear!r}: one of {', '.join(MODES)}")
+    if cfg.layers not in LAYER_PATHS:
+        raise DataError(f"--layers {cfg.layers!r}: one of {', '.join(LAYER_PATHS)}")
     problem = cfg.sampling.check()
     if problem:
         raise DataError(problem)
@@ -160,7 +164,8 @@ def make_request(cfg: RunConfig, names: list[str], options: dict, datasets: list
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "data_source": cfg.data_source,
             "control": cfg.control, **sampling_request(cfg.sampling),
             **({"batch_sizes": list(cfg.batch_sizes)} if cfg.batch_sizes != (1,) else {}),
-            **({"linear": cfg.linear} if cfg.linear != "auto" else {})}
+            **({"linear": cfg.linear} if cfg.linear != "auto" else {}),
+            **({"layers": cfg.layers} if cfg.layers != DEFAULT_LAYERS else {})}
 
 
 def sampling_request(sampling: Sampling) -> dict:

@@ -175,8 +175,9 @@ def regress(run_dir: Path, ref_dir: Path, speedup_margin: float | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output JSON (default: results/linear/<model>-<device>-<dtype>.json).")
 def linear_gain(model, device, dtype, ns, repeats, out) -> None:
-    """c(n), the bare-linear roofline and ar's time per token with F.linear and with the linear
-    formulations chosen for this machine, timed in turns in one process (a timing: idle machine)."""
+    """c(n), the bare-linear roofline and ar's time per token with F.linear, with the linear
+    formulations chosen for this machine, and with those and the lean decoder layers, timed in
+    turns in one process (a timing: idle machine)."""
     from harness.analysis.linear_gain import compare, render
     from harness.bench.results import write_json
 

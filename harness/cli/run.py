@@ -17,6 +17,7 @@ from harness.cli.common import (
     fail,
 )
 from harness.core.checkpoint import shown_path
+from harness.core.lean import DEFAULT_LAYERS, LAYER_PATHS
 from harness.core.modelload import DEFAULT_MODEL, ModelLoadError, model_key
 
 
@@ -86,9 +87,12 @@ def setup() -> None:
 @click.option("--linear", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="Linear layers: auto runs each with the formulation fastest on this machine for the row count "
                    "at hand (timed once, cached beside the cost model, recorded in the manifest); off: F.linear.")
+@click.option("--layers", type=click.Choice(list(LAYER_PATHS)), default=DEFAULT_LAYERS, show_default=True,
+              help="Decoder layers: lean computes each from its modules' weights in fewer operators (same "
+                   "function up to float rounding; recorded in the manifest); modules calls transformers' own.")
 def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, method_args, out, resume,
         overwrite, seed, data_source, no_telemetry, no_warmup, control, temperature, top_k, top_p, acceptance,
-        batch_size, costmodel, linear) -> None:
+        batch_size, costmodel, linear, layers) -> None:
     """Decode every sample with every method back to back, in a seeded order; write a run directory.
 
     Everything is validated before the model loads and before --out is created or emptied."""
@@ -102,7 +106,7 @@ def run(methods_, datasets, num_samples, max_new_tokens, model, device, dtype, m
                          dtype=dtype, method_arg=method_args, seed=seed, data_source=data_source,
                          telemetry=not no_telemetry, warmup=not no_warmup, control=control, temperature=temperature,
                          top_k=top_k, top_p=top_p, acceptance=acceptance, batch_size=batch_size, costmodel=costmodel,
-                         linear=linear)
+                         linear=linear, layers=layers)
         runner = Runner(cfg)
     except USER_ERRORS as err:
         fail(err)

@@ -5,7 +5,9 @@ The engine drives a transformers causal LM module by module (embeddings, decoder
 norm, LM head); it vendors no modeling code and patches nothing: it only hands the attention
 modules its own cache object, which implements the cache protocol (`update`), and switches sdpa
 attention to a variant that handles grouped K/V heads under a mask without copying them
-(harness/core/attention.py, registered through transformers' AttentionInterface).
+(harness/core/attention.py, registered through transformers' AttentionInterface). By default
+each decoder layer is computed from its modules' weights in fewer operators (harness/core/lean.py,
+the same function up to float rounding); `Engine(model, layers="modules")` calls the modules.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ import torch
 from harness.core.architectures import refusal
 from harness.core.attention import use_packed_attention
 from harness.core.cache import KVCache, PrefixKV, SlotWriter
+from harness.core.lean import (
+    DEFAULT_LAYERS,
+    LAYER_PATHS,
+    LeanLayer,
+    lean_problem,
+    rotary_pair,
+)
 from harness.core.modelload import ModelLoadError
 
 Insert = Callable[[torch.Tensor], torch.Tensor]  # h: [B, c, d] -> new rows [B, m, d]
@@ -36,6 +45,7 @@ class Context:
     start: int  # slots before the new rows that the rows may attend to
     window: int | None = None  # a fixed number of slots attended to (static shapes), else start + rows
     _views: dict = field(default_factory=dict)
+    _lean: dict = field(default_factory=dict)
 
     def view(self, c: int):
         """(cos, sin), mask for the first c rows."""
@@ -44,6 +54,13 @@ class Context:
             mask = None if self.mask is None else self.mask[:, :, :c, :end]
             self._views[c] = ((self.cos[:, :c], self.sin[:, :c]), mask)
         return self._views[c]
+
+    def lean_view(self, c: int):
+        """(cos, signed sin) [B, 1, c, D], mask for the first c rows (harness/core/lean.py)."""
+        if c not in self._lean:
+            (cos, sin), mask = self.view(c)
+            self._lean[c] = (rotary_pair(cos, sin), mask)
+        return self._lean[c]
 
 
 @dataclass
@@ -66,7 +83,12 @@ class Engine:
     rotary_emb} and an output embedding). Any other architecture is refused (ModelLoadError, with
     the reason: harness/core/architectures.py)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, layers: str = DEFAULT_LAYERS):
+        """layers: "lean" computes each decoder layer with LeanLayer (harness/core/lean.py) when
+        every layer has the expected parts and attention is sdpa; "modules" calls the
+        transformers layer modules. `layer_path` says which is in use."""
+        if layers not in LAYER_PATHS:
+            raise ValueError(f"layers: {layers!r} is not one of {', '.join(LAYER_PATHS)}")
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         for part in ("embed_tokens", "layers", "norm", "rotary_emb"):
             if not hasattr(base, part):
@@ -78,6 +100,9 @@ class Engine:
         self._attn_kw = cache_keyword(base.layers[0].self_attn)
         self.model = model
         self.packed_attention = use_packed_attention(model)
+        lean = layers == "lean" and self.packed_attention and not any(map(lean_problem, base.layers))
+        self.lean = [LeanLayer(block) for block in base.layers] if lean else None
+        self.layer_path = "lean" if lean else "modules"
         self.config = model.config
         self.embed_tokens = base.embed_tokens
         self.layers = base.layers
@@ -133,6 +158,9 @@ class Engine:
     def layer(self, i: int, h: torch.Tensor, ctx: Context, attn: bool = True, mlp: bool = True) -> torch.Tensor:
         """Decoder layer i on h: [B, c, d]. Skipping a sublayer assumes the pre-norm residual
         layout of Llama-family layers (x + attn(norm(x)), x + mlp(norm(x)))."""
+        if self.lean is not None:
+            rope, mask = ctx.lean_view(h.shape[1])
+            return self.lean[i](h, rope, mask, ctx.cache, attn, mlp)
         block = self.layers[i]
         rope, mask = ctx.view(h.shape[1])
         if attn and mlp:

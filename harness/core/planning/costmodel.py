@@ -313,13 +313,13 @@ def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: 
     cost = _given_or_cached(engine, model_key, given)
     if cost is None:
         path = cache_file(model_key, engine)
-        m, formulations = machine(engine), linear.digest(engine.model)
-        why = (f"the cached one at {path} was measured with other linear formulations" if path.exists()
+        m = machine(engine)
+        why = (f"the cached one at {path} was measured with other linear formulations or decoder layers" if path.exists()
                else f"no cost model of {model_key} on {m['device']} {m['dtype']} ({m['where']}) at {path}")
         tqdm.write(f"spec-harness: {why}; measuring it once{' for ' + purpose if purpose else ''} (about 10 forwards "
                    "per row count; delete the file to measure again, on an idle machine)", file=sys.stderr)
         data = {"model": model_key, **m, "hardware": m["where"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "linear": formulations, **measure(engine, progress=True)}
+                **computed_with(engine), **measure(engine, progress=True)}
         cost = CostModel(data, path, False, engine)
         write(path, data)
     cost.check_fits(engine, model_key, purpose)
@@ -327,12 +327,21 @@ def for_engine(engine: Engine, model_key: str, given: str | Path = "", purpose: 
 
 
 def _given_or_cached(engine: Engine, model_key: str, given: str | Path) -> CostModel | None:
-    """The given file's cost model, else the cached one of this machine (if measured with the
-    engine's linear formulations: `linear` holds their digest, linear.PLAIN when absent), else None."""
+    """The given file's cost model, else the cached one of this machine (if measured as the engine
+    computes now: computed_with; an older file without `layers` was measured with the modules),
+    else None."""
     if given:
         return CostModel(read(Path(given)), Path(given), True)
     path = cache_file(model_key, engine)
     if not path.exists():
         return None
-    data = read(path)  # measured with the linear formulations the engine uses now, else measured again
-    return CostModel(data, path, False, engine) if data.get("linear", linear.PLAIN) == linear.digest(engine.model) else None
+    data = read(path)  # measured as the engine computes now, else measured again
+    now = computed_with(engine)
+    same = all(data.get(key, default) == now[key] for key, default in (("linear", linear.PLAIN), ("layers", "modules")))
+    return CostModel(data, path, False, engine) if same else None
+
+
+def computed_with(engine: Engine) -> dict:
+    """How the engine computes a forward, which a cost model of it records: its linear
+    formulations' digest and its decoder-layer path."""
+    return {"linear": linear.digest(engine.model), "layers": engine.layer_path}
