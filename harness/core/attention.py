@@ -3,10 +3,11 @@
 transformers' sdpa path repeats every K/V head for its query heads (`repeat_kv`) whenever a mask
 is given, which on a long context costs more than the attention itself on a CPU. Here the query
 heads that share a K/V head are folded into the row dimension instead, with the mask repeated to
-match: the same arithmetic, no K/V copy. It is registered under its own name through
-transformers' public AttentionInterface, with sdpa's mask builder (without one, transformers
-builds no mask for an unknown name and `generate()` would attend wrongly); without a mask it
-defers to the stock sdpa function.
+match: the same arithmetic, no K/V copy (harness/core/lean.py's `attend`, which the lean layers
+call directly). It is registered under its own name through transformers' public
+AttentionInterface, with sdpa's mask builder (without one, transformers builds no mask for an
+unknown name and `generate()` would attend wrongly); without a mask it defers to the stock sdpa
+function.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from harness.core.lean import attend
 
 NAME = "spec_sdpa"
 
@@ -26,10 +29,7 @@ def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     B, H, n, D = query.shape
-    packed = query.reshape(B, H // groups, groups * n, D)  # head h = kv * groups + r -> rows r * n + i
-    mask = attention_mask.repeat(1, 1, groups, 1)  # [B|1, 1, groups * n, L]
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(B, H, n, D).transpose(1, 2).contiguous(), None  # [B, n, H, D] as transformers expects
+    return attend(query, key, value, attention_mask, scaling).view(B, n, H, D), None  # as transformers expects
 
 
 def use_packed_attention(model: torch.nn.Module) -> bool:

@@ -7,7 +7,7 @@ computes the same function over the same modules (their linear layers, so the ch
 of harness/core/linear.py, are called as they are): RMSNorm as one `F.rms_norm`; rotary as
 x*cos + roll(x)*signed sin, which is rotate_half(x)*sin exactly, from a (cos, signed sin) pair the
 Context makes once per forward for every layer; attention straight to sdpa with the query heads
-that share a K/V head folded into rows (as harness/core/attention.py does, no K/V copy). The
+that share a K/V head folded into rows (no K/V copy; the module path's attention calls it too). The
 results equal the module path up to float rounding (tests/test_lean.py, per supported
 architecture); a model whose layers do not have the expected parts keeps the module path.
 """
