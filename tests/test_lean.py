@@ -16,7 +16,8 @@ from harness.bench.data import DataError
 from harness.bench.runner import Runner
 from harness.core.decoding import decode
 from harness.core.engine import Engine
-from harness.core.lean import lean_problem, rms_norm, rotary_pair, rotate
+from harness.core.lean import bound_product, lean_problem, rms_norm, rotary_pair, rotate
+from harness.core.linear import ChosenLinear, weights_left
 from methods.autoregressive import Autoregressive
 
 
@@ -36,6 +37,29 @@ def test_rms_norm_matches_the_module(dtype):
         norm.weight.normal_()
     x = torch.randn(3, 7, 16).to(dtype)
     torch.testing.assert_close(rms_norm(norm, x), norm(x))
+
+
+def test_bound_products_compute_the_layer_and_a_hooked_layer_stays_a_module():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 8, generator=g)
+    biased, plain = torch.nn.Linear(8, 5), torch.nn.Linear(8, 5, bias=False)
+    chosen = ChosenLinear(plain, {3: "left"}, {"linear": torch.nn.functional.linear, "left": weights_left})
+    with torch.no_grad():
+        assert torch.equal(bound_product(biased)(x), biased(x))
+        assert bound_product(chosen) == chosen.product and torch.equal(chosen.product(x), weights_left(x, plain.weight))
+    plain.register_forward_hook(lambda *_: None)
+    assert bound_product(plain) is plain
+
+
+def test_a_hook_on_a_projection_still_fires_on_the_lean_path():
+    model = build(VERIFIED["llama"]())
+    seen = []
+    model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    engine = Engine(model)
+    assert engine.layer_path == "lean"
+    with torch.no_grad():
+        engine.forward(torch.tensor([1, 2, 3]), torch.arange(3), None, engine.new_cache(8))
+    assert len(seen) == 1
 
 
 def forwards(engine: Engine, ids: list[int]) -> list[torch.Tensor]:

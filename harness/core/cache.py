@@ -22,22 +22,27 @@ class SlotWriter:
     K/V go to `slots` [B, N]; a layer holding c of the rows attends to slots [0, start + c), or to
     the first `window` slots when a static shape is asked for."""
 
-    def __init__(self, buf: torch.Tensor, slots: torch.Tensor, start: int, window: int | None = None):
+    def __init__(self, buf: torch.Tensor, slots: torch.Tensor, start: int, window: int | None = None,
+                 layer_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.buf, self.slots, self.start, self.window = buf, slots, start, window  # buf: [layers, 2, B, H_kv, L, D]
+        self.layer_kv = layer_kv or [(kv[0], kv[1]) for kv in buf]  # per layer K, V [B, H_kv, L, D] (views)
+        self._index: dict[int, torch.Tensor] = {}  # c -> the first c slots of sequence 0 [c]
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
         """key, value: [B, H_kv, c, D] -> the layer's K/V of the visible slots, [B, H_kv, visible, D] each."""
-        kv = self.buf[layer_idx]
+        k_all, v_all = self.layer_kv[layer_idx]
         c = key.shape[2]
         visible = self.window or self.start + c
-        if kv.shape[1] == 1:  # one sequence: an index copy along the slot axis
-            kv[0].index_copy_(2, self.slots[0, :c], key)
-            kv[1].index_copy_(2, self.slots[0, :c], value)
+        if k_all.shape[0] == 1:  # one sequence: an index copy along the slot axis
+            if c not in self._index:
+                self._index[c] = self.slots[0, :c]
+            k_all.index_copy_(2, self._index[c], key)
+            v_all.index_copy_(2, self._index[c], value)
         else:  # a batch: each sequence's rows at its own slots
             index = self.slots[:, None, :c, None].expand_as(key)
-            kv[0].scatter_(2, index, key)
-            kv[1].scatter_(2, index, value)
-        return kv[0, :, :, :visible], kv[1, :, :, :visible]
+            k_all.scatter_(2, index, key)
+            v_all.scatter_(2, index, value)
+        return k_all[:, :, :visible], v_all[:, :, :visible]
 
 
 class KVCache:
@@ -52,6 +57,7 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # [B], updated in place (graphs)
         self.seen = [0] * batch  # the same lengths on the host
         self._ranges: dict[int, torch.Tensor] = {}
+        self._layer_kv = [(kv[0], kv[1]) for kv in self.buf]  # per layer K, V views, made once
 
     @property
     def length(self) -> int:
@@ -72,7 +78,7 @@ class KVCache:
         end = start + rows if window is None else window
         if end > self.max_len:
             raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        return SlotWriter(self.buf, slots, start, window)
+        return SlotWriter(self.buf, slots, start, window, self._layer_kv)
 
     def keep(self, paths: list[list[int]], on_path: torch.Tensor) -> None:
         """Commit the accepted rows of the last forward: paths[b] the accepted node indices of

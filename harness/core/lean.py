@@ -3,8 +3,9 @@
 At one row on a CPU a decoding step's products are about three quarters of its time; the rest is
 some thirty small operators per layer (RMSNorm's six, rotary's seven per tensor, views, the cache
 write) and the Python that carries the arguments through transformers' module stack. `LeanLayer`
-computes the same function over the same modules (their linear layers, so the chosen formulations
-of harness/core/linear.py, are called as they are): RMSNorm as one `F.rms_norm`; rotary as
+computes the same function over the same modules: their linear layers' products (the chosen
+formulations of harness/core/linear.py) and norms bound once as plain functions, without
+nn.Module's call machinery, on the rows as one [B * c, d] matrix; RMSNorm as one `F.rms_norm`; rotary as
 x*cos + roll(x)*signed sin, which is rotate_half(x)*sin exactly, from a (cos, signed sin) pair the
 Context makes once per forward for every layer; attention straight to sdpa with the query heads
 that share a K/V head folded into rows (no K/V copy; the module path's attention calls it too). The
@@ -14,9 +15,13 @@ architecture); a model whose layers do not have the expected parts keeps the mod
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness.core.linear import ChosenLinear
 
 LAYER_PATHS = ("lean", "modules")  # how the engine computes a decoder layer (Engine's `layers`)
 DEFAULT_LAYERS = "lean"
@@ -47,9 +52,33 @@ def lean_problem(block: nn.Module) -> str | None:
 
 def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' RMSNorm (normalised in float32, cast back, then scaled) in one or three operators."""
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-    return norm.weight * F.rms_norm(x.float(), norm.weight.shape, eps=norm.variance_epsilon).to(x.dtype)
+    return bound_norm(norm)(x)
+
+
+def bound_norm(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """rms_norm over this norm's weight as a plain function of x [..., d]."""
+    weight, eps = norm.weight, norm.variance_epsilon
+
+    def normed(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and weight.dtype == torch.float32:
+            return F.rms_norm(x, weight.shape, weight, eps)
+        return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+    return normed
+
+
+def bound_product(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A linear layer as a plain function of x, bound now: its chosen formulation
+    (ChosenLinear.product) or F.linear over its weight and bias, without nn.Module's call (some
+    4 us a call here, 210 calls a token). A layer with hooks, or of another type, is called as
+    a module."""
+    if layer._forward_hooks or layer._forward_pre_hooks:
+        return layer
+    if isinstance(layer, ChosenLinear):
+        return layer.product
+    if type(layer) is nn.Linear:
+        weight, bias = layer.weight, layer.bias
+        return lambda x: F.linear(x, weight, bias)
+    return layer
 
 
 def rotary_pair(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,31 +114,39 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 class LeanLayer:
     """Decoder layer i of a supported model (lean_problem is None), called as the engine calls a
-    layer: h [B, c, d], the Context's rotary pair and mask for c rows, the forward's cache writer."""
+    layer: h [B, c, d], the Context's rotary pair and mask for c rows, the forward's cache writer.
+    Its products and norms are bound when it is made, as the Engine binds the LM head: linear
+    formulations changed later (harness/core/linear.py's engage) need a new Engine."""
 
     def __init__(self, block: nn.Module):
-        self.block, self.attn, self.mlp = block, block.self_attn, block.mlp
-        self.head_dim = self.attn.head_dim
-        self.qk_norm = hasattr(self.attn, "q_norm")
+        attn, mlp = block.self_attn, block.mlp
+        self.q, self.k, self.v, self.o = (bound_product(getattr(attn, f"{n}_proj")) for n in "qkvo")
+        self.gate, self.up, self.down = (bound_product(getattr(mlp, f"{n}_proj")) for n in ("gate", "up", "down"))
+        self.attn_norm, self.mlp_norm = bound_norm(block.input_layernorm), bound_norm(block.post_attention_layernorm)
+        self.qk_norms = (bound_norm(attn.q_norm), bound_norm(attn.k_norm)) if hasattr(attn, "q_norm") else None
+        self.head_dim, self.scale, self.index = attn.head_dim, attn.scaling, attn.layer_idx
 
-    def attention(self, x: torch.Tensor, rope, mask, cache) -> torch.Tensor:
-        """x [B, c, d] (normed) -> the attention branch [B, c, d]; writes the rows' K/V to cache."""
-        a, (B, c, _) = self.attn, x.shape
-        q = a.q_proj(x).view(B, c, -1, self.head_dim)
-        k = a.k_proj(x).view(B, c, -1, self.head_dim)
-        v = a.v_proj(x).view(B, c, -1, self.head_dim).transpose(1, 2)  # [B, H_kv, c, D]
-        if self.qk_norm:
-            q, k = rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
+    def attention(self, x: torch.Tensor, B: int, rope, mask, cache) -> torch.Tensor:
+        """x [B * c, d] (normed rows) -> the attention branch [B * c, d]; writes the rows' K/V to cache."""
+        c = x.shape[0] // B
+        q = self.q(x).view(B, c, -1, self.head_dim)
+        k = self.k(x).view(B, c, -1, self.head_dim)
+        v = self.v(x).view(B, c, -1, self.head_dim).transpose(1, 2)  # [B, H_kv, c, D]
+        if self.qk_norms:
+            q, k = self.qk_norms[0](q), self.qk_norms[1](k)
         q, k = rotate(q.transpose(1, 2), *rope), rotate(k.transpose(1, 2), *rope)
         if cache is not None:
-            k, v = cache.update(k, v, a.layer_idx)
-        return a.o_proj(attend(q, k, v, mask, a.scaling))
+            k, v = cache.update(k, v, self.index)
+        return self.o(attend(q, k, v, mask, self.scale).view(B * c, -1))
 
     def __call__(self, h: torch.Tensor, rope, mask, cache, attn: bool = True, mlp: bool = True) -> torch.Tensor:
-        """h [B, c, d] -> [B, c, d]; attn/mlp False skip that sublayer (its residual branch)."""
+        """h [B, c, d] -> [B, c, d]; attn/mlp False skip that sublayer (its residual branch). The
+        products take the rows as one matrix [B * c, d] (F.linear folds a 3-D input otherwise)."""
+        B, c, d = h.shape
+        h = h.reshape(B * c, d)
         if attn:
-            h = h + self.attention(rms_norm(self.block.input_layernorm, h), rope, mask, cache)
+            h = h + self.attention(self.attn_norm(h), B, rope, mask, cache)
         if mlp:
-            m, x = self.mlp, rms_norm(self.block.post_attention_layernorm, h)
-            h = h + m.down_proj(F.silu(m.gate_proj(x)) * m.up_proj(x))  # act_fn is SiLU (lean_problem)
-        return h
+            x = self.mlp_norm(h)
+            h = h + self.down(F.silu(self.gate(x)) * self.up(x))  # act_fn is SiLU (lean_problem)
+        return h.view(B, c, d)
