@@ -68,13 +68,13 @@ def bound_norm(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def bound_product(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A linear layer as a plain function of x, bound now: its chosen formulation
-    (ChosenLinear.product) or F.linear over its weight and bias, without nn.Module's call (some
+    (ChosenLinear.bound) or F.linear over its weight and bias, without nn.Module's call (some
     4 us a call here, 210 calls a token). A layer with hooks, or of another type, is called as
     a module."""
     if layer._forward_hooks or layer._forward_pre_hooks:
         return layer
     if isinstance(layer, ChosenLinear):
-        return layer.product
+        return layer.bound()
     if type(layer) is nn.Linear:
         weight, bias = layer.weight, layer.bias
         return lambda x: F.linear(x, weight, bias)

@@ -53,15 +53,22 @@ class ChosenLinear(nn.Module):
         self.weight = linear.weight  # the same Parameter (a tied LM head stays tied)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.choice = dict(choice)
-        by_rows, weight = [forms[choice.get(n, "linear")] for n in range(max(choice, default=0) + 1)], self.weight
-
-        def product(x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out]
-            rows = x.numel() // x.shape[-1]
-            return (by_rows[rows] if rows < len(by_rows) else F.linear)(x, weight)
-        self.product = product  # the layer as a plain function (harness/core/lean.py calls it without nn.Module's call)
+        self._by_rows = [forms[choice.get(n, "linear")] for n in range(max(choice, default=0) + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product(x)
+        return form_for(self._by_rows, x)(x, self.weight)
+
+    def bound(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """forward as a plain function over this weight, bound now (harness/core/lean.py calls it
+        without nn.Module's call machinery)."""
+        by_rows, weight = self._by_rows, self.weight
+        return lambda x: form_for(by_rows, x)(x, weight)
+
+
+def form_for(by_rows: list[Form], x: torch.Tensor) -> Form:
+    """The formulation for x's row count (F.linear past the measured ones)."""
+    rows = x.numel() // x.shape[-1]
+    return by_rows[rows] if rows < len(by_rows) else F.linear
 
 
 def linear_shapes(model: nn.Module) -> set[tuple[int, int]]:
