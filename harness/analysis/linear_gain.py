@@ -76,5 +76,5 @@ def render(result: dict) -> str:
               for i, n in enumerate(result["n"])]
     for m in modes:
         roof, ar, name = result["roofline_ms"][m], result["ar_token_ms"][m], NAMES[m]
-        lines.append(f"{name}: roofline {roof:.2f} ms, ar {ar:.2f} ms per token ({100 * roof / ar:.0f}% of the roofline's speed)")
+        lines.append(f"{name}: roofline {roof:.2f} ms, ar {ar:.2f} ms per token ({100 * roof / ar:.1f}% of the roofline's speed)")
     return "\n".join(lines)
