@@ -102,7 +102,6 @@ class Engine:
         self.packed_attention = use_packed_attention(model)
         lean = layers == "lean" and self.packed_attention and not any(map(lean_problem, base.layers))
         self.lean = [LeanLayer(block) for block in base.layers] if lean else None
-        self.layer_path = "lean" if lean else "modules"
         self.config = model.config
         self.embed_tokens = base.embed_tokens
         self.layers = base.layers
@@ -114,6 +113,11 @@ class Engine:
         self.counters = Counters()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+
+    @property
+    def layer_path(self) -> str:
+        """How the decoder layers are computed: "lean" (LeanLayer) or "modules"."""
+        return "modules" if self.lean is None else "lean"
 
     # -- caches and contexts ---------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
